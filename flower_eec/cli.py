@@ -1,0 +1,51 @@
+"""The ``flower-eec`` command: ``run`` a config on Flower's Simulation Engine, ``show`` a config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from flower_eec.config import parse_overrides, resolve, to_dict
+from flower_eec.errors import FlowerEECError
+from flower_eec.experiment import results_dir
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flower-eec", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a method on Flower's Simulation Engine (Ray)")
+    show = commands.add_parser("show", help="print the fully resolved config and exit")
+    for sub in (run, show):
+        sub.add_argument("config", help="a YAML file, e.g. examples/hierfavg.yaml")
+        sub.add_argument("overrides", nargs="*", help="dotted key=value, e.g. profile=cpu train.lr=0.1")
+    run.add_argument("--out", help="results folder (default: results/<method>-<profile>-<time>)")
+    run.add_argument("--verbose", action="store_true", help="Flower's debug logging")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``flower-eec`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        overrides = parse_overrides(args.overrides)
+        if getattr(args, "out", None):
+            overrides["out"] = args.out
+        config = resolve(args.config, overrides)
+        if args.command == "show":
+            print(yaml.safe_dump(to_dict(config), sort_keys=False))
+            return 0
+        config.out = str(Path(results_dir(config)).resolve())
+        from flower_eec.simulation import run_simulation
+
+        run_simulation(config, verbose=args.verbose)
+    except FlowerEECError as exc:
+        print(f"flower-eec: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""What a device does for each message: describe itself, train locally, evaluate locally.
+
+Functions of (message, context); the device's data comes from the per-process cache.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from flower_eec.config import Config, from_run_config
+from flower_eec.data.federated import FederatedData, federated_data
+from flower_eec.learning import evaluate, train_epochs
+from flower_eec.models import build_model
+from flower_eec.topology import device_models
+
+
+@lru_cache(maxsize=4)
+def _config(key: tuple[tuple[str, object], ...]) -> Config:
+    return from_run_config(dict(key))
+
+
+def device_setup(context: Context) -> tuple[Config, FederatedData, int]:
+    """The run's config, its federated data and this device's index (its ``partition-id``)."""
+    config = _config(tuple(sorted(context.run_config.items())))
+    torch.set_num_threads(config.simulation.torch_threads)
+    return config, federated_data(config), int(context.node_config["partition-id"])
+
+
+def device_model_name(config: Config, device: int) -> str:
+    """The zoo model this device carries."""
+    m = config.model
+    names = device_models(config.topology.num_devices, m.device,
+                          large_model=m.large_device or None, large_fraction=m.large_fraction,
+                          seed=config.seed)
+    return names[device]
+
+
+def build_device_model(config: Config, data: FederatedData, name: str) -> torch.nn.Module:
+    """A zoo model shaped for the run's dataset."""
+    options = {} if name == "cnn3" else {"stem": config.model.stem, "width": config.model.width}
+    return build_model(name, data.dataset.num_classes, data.dataset.in_channels, **options)
+
+
+def describe(msg: Message, context: Context) -> Message:
+    """Reply with the device's index, data sizes and model name."""
+    config, data, device = device_setup(context)
+    info = ConfigRecord({
+        "partition-id": device,
+        "num-train": len(data.train_indices[device]),
+        "num-test": len(data.test_indices[device]),
+        "model": device_model_name(config, device),
+    })
+    return Message(RecordDict({"describe": info}), reply_to=msg)
+
+
+def _load(msg: Message, context: Context) -> tuple[Config, FederatedData, int, torch.nn.Module]:
+    config, data, device = device_setup(context)
+    model = build_device_model(config, data, device_model_name(config, device))
+    arrays = next(iter(msg.content.array_records.values()))
+    model.load_state_dict(arrays.to_torch_state_dict())
+    return config, data, device, model
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Local cross-entropy training from the received weights (kappa1 local epochs)."""
+    started = time.perf_counter()
+    config, data, device, model = _load(msg, context)
+    sent = msg.content.config_records.get("config", ConfigRecord())
+    server_round = int(sent.get("server-round", 0))
+    generator = torch.Generator().manual_seed(hash((config.seed, server_round, device)) % 2**62)
+    t = config.train
+    shard = data.device_train(device)
+    metrics = train_epochs(model, shard, epochs=t.local_epochs, batch_size=t.batch_size,
+                           lr=float(sent.get("lr", t.lr)), momentum=t.momentum,
+                           weight_decay=t.weight_decay, augmented=config.data.augment,
+                           cutout=config.data.cutout, generator=generator)
+    metrics["num-examples"] = len(shard)
+    metrics["compute_s"] = time.perf_counter() - started
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                               "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def evaluate_local(msg: Message, context: Context) -> Message:
+    """Accuracy and loss of the received weights on the device's local test split."""
+    config, data, device, model = _load(msg, context)
+    local = data.device_test(device)
+    metrics = evaluate(model, local, config.eval.batch_size)
+    metrics["num-examples"] = len(local)
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,341 @@
+"""The run configuration: one validated object, built from YAML files or Flower's run_config.
+
+Resolution order (later wins): schema defaults, the profile, the method's YAML file, that file's
+section for the profile, then ``key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from flower_eec.errors import ConfigError
+
+METHODS = ("fedavg", "hierfavg")
+PROFILES_NAMES = ("smoke", "cpu", "paper")
+DATASETS = ("synthetic", "cifar10", "mnist")
+PARTITIONS = ("dirichlet", "iid", "pathological")
+ASSIGNMENTS = ("contiguous", "round_robin", "random")
+ORPHANS = ("skip", "cloud")
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it lives, and how it is split over devices."""
+
+    dataset: str = "synthetic"
+    root: str = ""
+    verify: bool = True
+    subset: float = 1.0
+    partition: str = "dirichlet"
+    alpha: float = 1.0
+    classes_per_device: int = 2
+    min_size: int = 10
+    local_test_size: int = 100
+    synthetic_train: int = 2000
+    synthetic_test: int = 500
+    augment: bool = True
+    cutout: int = 0
+
+
+@dataclass
+class TopologyConfig:
+    """The tree cloud -> edges -> devices and how it changes per round."""
+
+    num_devices: int = 4
+    num_edges: int = 2
+    assignment: str = "contiguous"
+    mobility: float = 0.0
+    device_dropout: float = 0.0
+    edge_dropout: float = 0.0
+    orphans: str = "skip"
+
+
+@dataclass
+class ModelConfig:
+    """Model names per tier (see ``flower_eec.models.MODEL_NAMES``)."""
+
+    device: str = "cnn3"
+    edge: str = "cnn3"
+    cloud: str = "cnn3"
+    large_device: str = ""
+    large_fraction: float = 0.0
+    stem: str = "cifar"
+    width: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Rounds and local optimisation (kappa1 = local_epochs, kappa2 = edge_rounds)."""
+
+    rounds: int = 2
+    edge_rounds: int = 1
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    """What is evaluated, and how often (every N rounds; the last round always)."""
+
+    every: int = 1
+    edges: bool = True
+    devices: bool = True
+    batch_size: int = 500
+
+
+@dataclass
+class SimulationConfig:
+    """Flower Simulation Engine settings and server-side compute."""
+
+    client_cpus: int = 1
+    client_gpus: float = 0.0
+    timeout: float = 600.0
+    torch_device: str = "auto"
+    torch_threads: int = 1
+
+
+@dataclass
+class Config:
+    """Everything one run needs; every field has a default."""
+
+    method: str = "hierfavg"
+    profile: str = "smoke"
+    seed: int = 0
+    out: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+
+# Shared by every method so that methods are compared on the same data, topology and budget.
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "data": {"dataset": "synthetic", "synthetic_train": 400, "synthetic_test": 200,
+                 "local_test_size": 20, "partition": "iid"},
+        "topology": {"num_devices": 4, "num_edges": 2},
+        "train": {"rounds": 2, "batch_size": 32},
+        "eval": {"batch_size": 200},
+    },
+    "cpu": {
+        "data": {"dataset": "cifar10", "subset": 0.1, "partition": "dirichlet", "alpha": 1.0,
+                 "local_test_size": 100},
+        "topology": {"num_devices": 20, "num_edges": 4},
+        "train": {"rounds": 20, "batch_size": 32, "lr": 0.05},
+    },
+    "paper": {
+        "data": {"dataset": "cifar10", "subset": 1.0, "partition": "dirichlet", "alpha": 1.0,
+                 "cutout": 16},
+        "topology": {"num_devices": 225, "num_edges": 15},
+        "train": {"rounds": 500, "batch_size": 8, "lr": 0.001},
+        "model": {"stem": "imagenet"},
+    },
+}
+
+# Keys of Flower's run_config that are not schema keys (see pyproject's [tool.flwr.app.config]).
+RUN_CONFIG_KEYS = ("method", "profile", "config-file", "overrides", "out", "config-json")
+
+
+def _schema() -> DictConfig:
+    return OmegaConf.structured(Config)
+
+
+def _merge(base: DictConfig, layer: dict[str, Any], source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {_explain(exc)}") from None
+
+
+def _explain(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", "") or ""
+    first = str(exc).splitlines()[0]
+    if "Key" in first and "not in" in first:
+        return (f"unknown config key '{key}'. Allowed keys: "
+                f"{', '.join(sorted(flat_keys()))}")
+    return f"bad value for '{key}': {first}"
+
+
+def flat_keys() -> list[str]:
+    """All dotted schema keys, e.g. ``train.lr``."""
+    return list(_flatten(OmegaConf.to_container(_schema())).keys())  # type: ignore[arg-type]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "profiles":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def parse_overrides(items: list[str] | str) -> dict[str, Any]:
+    """Turn ``["train.lr=0.1", "profile=cpu"]`` (or one space-separated string) into a nested dict."""
+    if isinstance(items, str):
+        items = items.split()
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=0.1)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def method_file(method: str) -> Path:
+    """The YAML shipped for a method, e.g. ``examples/hierfavg.yaml``."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method '{method}'. Allowed: {', '.join(METHODS)}")
+    return EXAMPLES_DIR / f"{method}.yaml"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read one config file; a missing or malformed file is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; give a path to a YAML file "
+                          f"such as examples/hierfavg.yaml")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not {type(content)}")
+    return content
+
+
+def resolve(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build the validated config from a YAML file (or the method's own) and overrides."""
+    overrides = dict(overrides or {})
+    content = read_yaml(file) if file else {}
+    method = overrides.get("method", content.get("method", Config.method))
+    if not file and method in METHODS and method_file(method).is_file():
+        content = read_yaml(method_file(method))
+    profile = overrides.get("profile", content.get("profile", Config.profile))
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile '{profile}'. Allowed: {', '.join(PROFILES)}")
+    file_profiles = content.pop("profiles", {}) or {}
+    source = str(file) if file else f"examples/{method}.yaml"
+
+    merged = _merge(_schema(), PROFILES[profile], f"profile '{profile}'")
+    merged = _merge(merged, content, source)
+    merged = _merge(merged, file_profiles.get(profile, {}), f"{source} (profiles.{profile})")
+    merged = _merge(merged, overrides, "overrides")
+    merged.profile = profile
+    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def from_run_config(run_config: dict[str, Any]) -> Config:
+    """Build the config from Flower's flat run_config (``flwr run --run-config ...``).
+
+    ``config-json`` holds a fully resolved config (written by ``flower-eec run``); otherwise
+    ``method``, ``profile``, ``config-file``, ``overrides`` and any dotted schema key are read.
+    An empty string means "not set".
+    """
+    if run_config.get("config-json"):
+        return from_json(str(run_config["config-json"]))
+    known = set(flat_keys())
+    overrides: dict[str, Any] = {}
+    for key, value in run_config.items():
+        if value == "" or key in ("config-file", "overrides", "config-json"):
+            continue
+        if key not in known and key not in RUN_CONFIG_KEYS:
+            raise ConfigError(f"unknown run_config key '{key}'. Allowed: "
+                              f"{', '.join(RUN_CONFIG_KEYS)} and {', '.join(sorted(known))}")
+        node = overrides
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    text_overrides = parse_overrides(str(run_config.get("overrides", "")))
+    nested = OmegaConf.to_container(OmegaConf.merge(overrides, text_overrides))
+    file = run_config.get("config-file") or None
+    return resolve(file, nested)  # type: ignore[arg-type]
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain nested dicts (for results.json and YAML)."""
+    return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]
+
+
+def to_json(config: Config) -> str:
+    """The resolved config as one JSON string (travels as run_config ``config-json``)."""
+    return json.dumps(to_dict(config), sort_keys=True)
+
+
+def from_json(text: str) -> Config:
+    """Inverse of ``to_json``, validated."""
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"run_config 'config-json' is not valid JSON: {exc}") from None
+    merged = _merge(_schema(), content, "config-json")
+    config: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"bad value for '{key}': {value!r}; allowed: {allowed}")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, key, value, ", ".join(allowed))
+
+
+def validate(config: Config) -> None:
+    """Check values beyond their types; raise ConfigError naming the key and what is allowed."""
+    from flower_eec.models import MODEL_NAMES
+
+    _choice("method", config.method, METHODS)
+    _choice("profile", config.profile, PROFILES_NAMES)
+    d, t, m, tr = config.data, config.topology, config.model, config.train
+    _choice("data.dataset", d.dataset, DATASETS)
+    _choice("data.partition", d.partition, PARTITIONS)
+    _check(0 < d.subset <= 1, "data.subset", d.subset, "a fraction in (0, 1]")
+    _check(d.alpha > 0 and math.isfinite(d.alpha), "data.alpha", d.alpha, "a positive number")
+    _check(d.local_test_size >= 0, "data.local_test_size", d.local_test_size, ">= 0")
+    _check(t.num_devices >= 1, "topology.num_devices", t.num_devices, ">= 1")
+    _check(1 <= t.num_edges <= t.num_devices, "topology.num_edges", t.num_edges,
+           f"between 1 and topology.num_devices ({t.num_devices})")
+    _choice("topology.assignment", t.assignment, ASSIGNMENTS)
+    _choice("topology.orphans", t.orphans, ORPHANS)
+    for key in ("mobility", "device_dropout", "edge_dropout"):
+        value = getattr(t, key)
+        _check(0 <= value <= 1, f"topology.{key}", value, "a probability in [0, 1]")
+    for key in ("device", "edge", "cloud"):
+        _choice(f"model.{key}", getattr(m, key), MODEL_NAMES)
+    if m.large_device:
+        _choice("model.large_device", m.large_device, MODEL_NAMES)
+    _check(0 <= m.large_fraction <= 1, "model.large_fraction", m.large_fraction, "[0, 1]")
+    _choice("model.stem", m.stem, ("cifar", "imagenet"))
+    _check(m.width > 0, "model.width", m.width, "> 0")
+    for key in ("rounds", "edge_rounds", "local_epochs", "batch_size"):
+        _check(getattr(tr, key) >= 1, f"train.{key}", getattr(tr, key), ">= 1")
+    _check(tr.lr > 0, "train.lr", tr.lr, "> 0")
+    _check(config.eval.every >= 1, "eval.every", config.eval.every, ">= 1")
+    _check(config.simulation.timeout > 0, "simulation.timeout", config.simulation.timeout, "> 0")

@@ -1,0 +1,167 @@
+"""One run of a method on a Grid: config -> data, models, strategy, recorder -> results folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from flower_eec.clients.device import build_device_model
+from flower_eec.config import Config
+from flower_eec.data.federated import FederatedData, federated_data
+from flower_eec.errors import ConfigError
+from flower_eec.learning import evaluate, torch_device
+from flower_eec.results import Recorder
+from flower_eec.strategies.discovery import wait_for_nodes
+from flower_eec.strategies.hierarchical import Hierarchical, RoundReport
+from flower_eec.topology import Topology
+from flower_eec.traffic import MeteredGrid, Traffic
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+def results_dir(config: Config) -> Path:
+    """``config.out``, or ``results/<method>-<profile>-<time>`` under the working directory."""
+    if config.out:
+        return Path(config.out)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path.cwd() / "results" / f"{config.method}-{config.profile}-{stamp}"
+
+
+def central_evaluator(config: Config, data: FederatedData, model_name: str) -> EvaluateFn:
+    """Evaluate arrays of ``model_name`` on the whole global test set, on the server's device."""
+    device = torch_device(config.simulation.torch_device)
+    model = build_device_model(config, data, model_name).to(device)
+    test = data.global_test()
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return MetricRecord(evaluate(model, test, config.eval.batch_size))
+
+    return evaluate_fn
+
+
+def build_topology(config: Config) -> Topology:
+    """The run's tree from ``config.topology``."""
+    t = config.topology
+    return Topology(num_devices=t.num_devices, num_edges=t.num_edges, assignment=t.assignment,
+                    seed=config.seed, mobility_rate=t.mobility, device_dropout=t.device_dropout,
+                    edge_dropout=t.edge_dropout, orphans=t.orphans)
+
+
+def _shared_model(config: Config) -> str:
+    m = config.model
+    if {m.edge, m.cloud} != {m.device} or m.large_fraction > 0:
+        raise ConfigError(
+            f"method '{config.method}' averages weights, so every tier carries one model: set "
+            f"model.edge and model.cloud to model.device ('{m.device}') and model.large_fraction=0")
+    return m.device
+
+
+def _device_link(traffic: dict[str, Traffic]) -> tuple[int, int]:
+    sent = sum(t.sent_bytes for t in traffic.values())
+    received = sum(t.received_bytes for t in traffic.values())
+    return sent, received
+
+
+def _timing(traffic: dict[str, Traffic], exchange_s: float, server_s: float) -> dict[str, float]:
+    return {"exchange_s": round(exchange_s, 3), "server_s": round(server_s, 3),
+            "device_compute_s": round(sum(t.device_compute_s for t in traffic.values()), 3)}
+
+
+def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder,
+                 evaluate_fn: EvaluateFn, initial: ArrayRecord) -> None:
+    """HierFAVG: Flower's FedAvg at every edge under the ``Hierarchical`` cloud tier."""
+
+    def on_round(report: RoundReport) -> None:
+        traffic, exchange_s = grid.drain()
+        down, up = _device_link(traffic)
+        devices: dict[str, Any] = {"participants": report.participants,
+                                   "failures": report.failures}
+        if "accuracy" in report.device_metrics:
+            devices["mean_local_accuracy"] = report.device_metrics["accuracy"]
+            devices["mean_local_loss"] = report.device_metrics.get("loss")
+        recorder.add_round({
+            "round": report.round, "cloud": report.cloud_metrics, "edges": report.edges,
+            "devices": devices,
+            "comm_bytes": {"edge_to_device": down, "device_to_edge": up,
+                           "edge_to_cloud": report.edge_to_cloud_bytes,
+                           "cloud_to_edge": report.cloud_to_edge_bytes},
+            "timing": _timing(traffic, exchange_s, report.server_s),
+        })
+
+    edge = FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1,
+                  fraction_evaluate=1.0 if config.eval.devices else 0.0)
+    strategy = Hierarchical(edge=edge, topology=build_topology(config),
+                            edge_rounds=config.train.edge_rounds,
+                            evaluate_edges=config.eval.edges, evaluate_every=config.eval.every,
+                            on_round=on_round)
+    strategy.start(grid, initial, num_rounds=config.train.rounds,
+                   timeout=config.simulation.timeout,
+                   train_config=ConfigRecord({"lr": config.train.lr}),
+                   evaluate_fn=evaluate_fn)
+
+
+def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder,
+               evaluate_fn: EvaluateFn, initial: ArrayRecord) -> None:
+    """Flat FedAvg: Flower's own strategy over all devices, recorded round by round."""
+    num_devices = config.topology.num_devices
+    wait_for_nodes(grid, num_devices)
+    device_eval: dict[int, MetricRecord] = {}
+
+    def evaluate_aggr(records: list[RecordDict], key: str) -> MetricRecord:
+        metrics = aggregate_metricrecords(records, key)
+        device_eval[len(recorder.rounds) + 1] = metrics
+        return metrics
+
+    def on_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        last = server_round == config.train.rounds
+        metrics = (evaluate_fn(server_round, arrays)
+                   if server_round % config.eval.every == 0 or last else None)
+        traffic, exchange_s = grid.drain()
+        train = traffic.get("train", Traffic())
+        devices: dict[str, Any] = {"participants": train.sent,
+                                   "failures": train.sent - train.replies + train.errors}
+        if server_round in device_eval:
+            devices["mean_local_accuracy"] = device_eval[server_round].get("accuracy")
+            devices["mean_local_loss"] = device_eval[server_round].get("loss")
+        down, up = _device_link(traffic)
+        recorder.add_round({
+            "round": server_round, "cloud": dict(metrics or {}), "devices": devices,
+            "comm_bytes": {"cloud_to_device": down, "device_to_cloud": up},
+            "timing": _timing(traffic, exchange_s, 0.0),
+        })
+        return metrics
+
+    strategy = FedAvg(min_available_nodes=num_devices, min_train_nodes=num_devices,
+                      min_evaluate_nodes=num_devices if config.eval.devices else 0,
+                      fraction_evaluate=1.0 if config.eval.devices else 0.0,
+                      evaluate_metrics_aggr_fn=evaluate_aggr)
+    strategy.start(grid, initial, num_rounds=config.train.rounds,
+                   timeout=config.simulation.timeout,
+                   train_config=ConfigRecord({"lr": config.train.lr}),
+                   evaluate_fn=on_evaluate)
+
+
+METHODS = {"fedavg": run_fedavg, "hierfavg": run_hierfavg}
+
+
+def run(grid: Grid, config: Config) -> dict[str, Any]:
+    """Run ``config.method`` on ``grid``; write and return the results."""
+    torch.manual_seed(config.seed)
+    data = federated_data(config)
+    model_name = _shared_model(config)
+    recorder = Recorder(config, results_dir(config))
+    evaluate_fn = central_evaluator(config, data, model_name)
+    initial = ArrayRecord(build_device_model(config, data, model_name).state_dict())
+    METHODS[config.method](config, MeteredGrid(grid), recorder, evaluate_fn, initial)
+    return recorder.finish()

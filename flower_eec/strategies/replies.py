@@ -1,0 +1,69 @@
+"""Checks on device replies before a strategy aggregates them: a bad reply fails its device only."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+
+def train_reply_problem(reply: Message, reference: ArrayRecord | None,
+                        weighted_by_key: str = "num-examples") -> str | None:
+    """Why a train reply cannot be aggregated, or None when it can.
+
+    A usable reply holds one ArrayRecord with the keys, shapes and dtypes of ``reference``
+    (when given) and finite values, and one MetricRecord with a positive ``weighted_by_key``.
+    """
+    if reply.has_error():
+        return f"error reply: {reply.error.reason}"
+    content = reply.content
+    if len(content.array_records) != 1:
+        return f"expected one ArrayRecord, got {len(content.array_records)}"
+    arrays = next(iter(content.array_records.values()))
+    if reference is not None:
+        if set(arrays) != set(reference):
+            missing = sorted(set(reference) - set(arrays))[:3]
+            extra = sorted(set(arrays) - set(reference))[:3]
+            return f"array keys differ from the model's (missing {missing}, extra {extra})"
+        for key, array in arrays.items():
+            expected = reference[key]
+            if tuple(array.shape) != tuple(expected.shape) or array.dtype != expected.dtype:
+                return (f"array '{key}' is {array.dtype}{list(array.shape)}, "
+                        f"expected {expected.dtype}{list(expected.shape)}")
+    for key, array in arrays.items():
+        values = array.numpy()
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            return f"array '{key}' holds NaN or infinite values"
+    return metric_problem(content, weighted_by_key)
+
+
+def metric_problem(content: RecordDict, weighted_by_key: str = "num-examples") -> str | None:
+    """Why a reply's MetricRecord cannot weight an average, or None."""
+    if len(content.metric_records) != 1:
+        return f"expected one MetricRecord, got {len(content.metric_records)}"
+    metrics = next(iter(content.metric_records.values()))
+    weight = metrics.get(weighted_by_key)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        return f"MetricRecord lacks a numeric '{weighted_by_key}'"
+    if not math.isfinite(weight) or weight <= 0:
+        return f"'{weighted_by_key}' is {weight}, expected a positive number"
+    return None
+
+
+def common_metrics(replies: Iterable[Message]) -> list[Message]:
+    """Keep in every reply only the scalar metrics that all replies share.
+
+    Flower's built-in aggregation raises when metric keys differ between replies; a device
+    that reports one extra metric must not cost the whole edge its round.
+    """
+    replies = list(replies)
+    if not replies:
+        return replies
+    records = [next(iter(r.content.metric_records.items())) for r in replies]
+    shared = set.intersection(*(set(record) for _, record in records))
+    for reply, (name, record) in zip(replies, records):
+        if set(record) != shared:
+            reply.content[name] = MetricRecord({k: v for k, v in record.items() if k in shared})
+    return replies
