@@ -102,6 +102,7 @@ class SimulationConfig:
     client_cpus: int = 1
     client_gpus: float = 0.0
     timeout: float = 600.0
+    node_wait: float = 20.0
     torch_device: str = "auto"
     torch_threads: int = 1
 

@@ -102,7 +102,7 @@ def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder,
     strategy = Hierarchical(edge=edge, topology=build_topology(config),
                             edge_rounds=config.train.edge_rounds,
                             evaluate_edges=config.eval.edges, evaluate_every=config.eval.every,
-                            on_round=on_round)
+                            on_round=on_round, node_wait=config.simulation.node_wait)
     strategy.start(grid, initial, num_rounds=config.train.rounds,
                    timeout=config.simulation.timeout,
                    train_config=ConfigRecord({"lr": config.train.lr}),
@@ -113,7 +113,7 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder,
                evaluate_fn: EvaluateFn, initial: ArrayRecord) -> None:
     """Flat FedAvg: Flower's own strategy over all devices, recorded round by round."""
     num_devices = config.topology.num_devices
-    wait_for_nodes(grid, num_devices)
+    wait_for_nodes(grid, num_devices, config.simulation.node_wait)
     device_eval: dict[int, MetricRecord] = {}
 
     def evaluate_aggr(records: list[RecordDict], key: str) -> MetricRecord:

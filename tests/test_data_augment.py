@@ -5,6 +5,8 @@ Everything runs on CPU; a CUDA check runs only where a GPU is present.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,7 +83,7 @@ def test_crop_is_a_window_of_the_zero_padded_image() -> None:
 
 def test_same_generator_seed_same_output() -> None:
     x = batch()
-    options = {"crop_padding": 4, "flip": True, "cutout": 4}
+    options: dict[str, Any] = {"crop_padding": 4, "flip": True, "cutout": 4}
     first = augment(x, seeded(11), **options)
     assert torch.equal(first, augment(x, seeded(11), **options))
     assert not torch.equal(first, augment(x, seeded(12), **options))
@@ -115,7 +117,7 @@ def test_augment_rejects_bad_arguments() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cpu_generator_gives_same_result_on_gpu() -> None:
     x = batch()
-    options = {"crop_padding": 2, "flip": True, "cutout": 3}
+    options: dict[str, Any] = {"crop_padding": 2, "flip": True, "cutout": 3}
     cpu = augment(x, seeded(7), **options)
     gpu = augment(x.cuda(), seeded(7), **options)
     assert torch.equal(gpu.cpu(), cpu)

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flower_eec.data import Dataset, load_dataset, make_synthetic
-from flower_eec.data import checksums
+from flower_eec.data import Dataset, checksums, load_dataset, make_synthetic
 from flower_eec.data.cifar10 import load_cifar10
 from flower_eec.data.mnist import load_mnist
 from flower_eec.errors import ConfigError, DataError
@@ -184,6 +183,15 @@ def test_pickle_folder_loads(tmp_path: Path) -> None:
     assert data.mean == (0.4914, 0.4822, 0.4465)
 
 
+def test_pickle_tarball_loads(tmp_path: Path) -> None:
+    batches = fake_batches()
+    folder = write_pickle_dir(tmp_path / "src" / "cifar-10-batches-py", batches)
+    tar_path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as archive:
+        archive.add(folder, arcname="cifar-10-batches-py")
+    assert_matches(load_cifar10(tar_path, verify=False), batches)
+
+
 def test_pickle_with_foreign_globals_is_refused_not_run(tmp_path: Path) -> None:
     folder = write_pickle_dir(tmp_path / "cifar-10-batches-py", fake_batches())
     marker = tmp_path / "pwned"
@@ -338,9 +346,14 @@ def test_md5_cache_skips_rehash_until_file_changes(
     path = tmp_path / "blob.bin"
     path.write_bytes(b"hello")
     good = checksums.md5_bytes(b"hello")
-    calls = []
+    calls: list[Path] = []
     real_md5_file = checksums.md5_file
-    monkeypatch.setattr(checksums, "md5_file", lambda p: calls.append(p) or real_md5_file(p))
+
+    def counting_md5_file(target: Path) -> str:
+        calls.append(target)
+        return real_md5_file(target)
+
+    monkeypatch.setattr(checksums, "md5_file", counting_md5_file)
     checksums.verify_md5(path, good, "URL")
     checksums.verify_md5(path, good, "URL")
     assert len(calls) == 1 and (private_cache / "md5.json").is_file()

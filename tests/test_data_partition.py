@@ -1,9 +1,11 @@
-"""Device partitions and subsets: determinism, completeness, and the label mixes each scheme promises.
+"""Device partitions and subsets: determinism, completeness, and each scheme's label mix.
 
 Labels mimic CIFAR-10 (10 classes, equal counts) so expected counts are known exactly.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from flower_eec.data import (
 )
 from flower_eec.errors import ConfigError, DataError
 
-SCHEME_ARGS = {
+SCHEME_ARGS: dict[str, dict[str, Any]] = {
     "iid": {},
     "dirichlet": {"alpha": 0.5},
     "pathological": {"classes_per_device": 2},

@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 
 
-def normalise(
-    x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
+def normalise(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Map uint8 images (N, C, H, W) to float32 ((x / 255) - mean) / std, per channel."""
     if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
         raise ValueError(
@@ -54,14 +52,10 @@ def random_crop(
     cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
     batch = torch.arange(n, device=x.device)[:, None, None]
     # Gathering from channels-last gives (N, H, W, C) in one indexing op.
-    return (
-        padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
-    )
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
-def random_flip(
-    x: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
     flip = _randint(2, x.shape[0], x, generator).bool()
     return torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -99,13 +93,9 @@ def augment(
     generator state gives the same output. `x` is not modified.
     """
     if x.dim() != 4:
-        raise ValueError(
-            f"augment expects a batch (N, C, H, W), got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"augment expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
     if crop_padding < 0 or cutout < 0:
-        raise ValueError(
-            f"crop_padding and cutout must be >= 0, got {crop_padding}, {cutout}"
-        )
+        raise ValueError(f"crop_padding and cutout must be >= 0, got {crop_padding}, {cutout}")
     out = random_crop(x, crop_padding, generator)
     if flip:
         out = random_flip(out, generator)

@@ -118,9 +118,7 @@ def cached_md5(path: Path, compute: Callable[[], str], member: str = "") -> str:
     ):
         return str(entry["md5"])
     digest = compute()
-    _write_cache_entry(
-        key, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": digest}
-    )
+    _write_cache_entry(key, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": digest})
     return digest
 
 

@@ -9,7 +9,7 @@ import io
 import pickle
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,9 @@ BINARY_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 BINARY_TEST = "test_batch.bin"
 PICKLE_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 PICKLE_TEST = "test_batch"
+
+# (folder or tarball, file names) -> (name, file on disk, member in archive or "", bytes)
+BatchSource = Callable[[Path, tuple[str, ...]], Iterator[tuple[str, Path, str, bytes]]]
 
 _SUBDIRS = ("cifar10", "cifar-10")
 _FIX = f"Re-download CIFAR-10 from {CIFAR10_URL}."
@@ -108,13 +111,9 @@ def parse_pickle_batch(data: bytes, label: str) -> tuple[np.ndarray, np.ndarray]
         # latin1 is what numpy needs to rebuild arrays pickled by Python 2, as the originals were.
         batch = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as exc:  # unpickling damaged bytes can raise almost anything
-        raise DataError(
-            f"{label}: not a readable CIFAR-10 pickle batch ({exc}). {_FIX}"
-        ) from exc
+        raise DataError(f"{label}: not a readable CIFAR-10 pickle batch ({exc}). {_FIX}") from exc
     if not isinstance(batch, dict):
-        raise DataError(
-            f"{label}: expected a pickled dict, got {type(batch).__name__}. {_FIX}"
-        )
+        raise DataError(f"{label}: expected a pickled dict, got {type(batch).__name__}. {_FIX}")
     images = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if images is None or labels is None:
@@ -128,22 +127,16 @@ def parse_pickle_batch(data: bytes, label: str) -> tuple[np.ndarray, np.ndarray]
     return _checked(label, images, np.asarray(labels))
 
 
-def _checked(
-    label: str, flat: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _checked(label: str, flat: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(labels) != len(flat):
         raise DataError(f"{label}: {len(flat)} images but {len(labels)} labels. {_FIX}")
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= NUM_CLASSES):
-        raise DataError(
-            f"{label}: labels must be 0-9, found {int(labels.max())}. {_FIX}"
-        )
+        raise DataError(f"{label}: labels must be 0-9, found {int(labels.max())}. {_FIX}")
     # Copy: frombuffer views are read-only, and torch.from_numpy warns on those.
     return flat.reshape(-1, 3, 32, 32).copy(), labels.astype(np.int64)
 
 
-def iter_folder(
-    folder: Path, names: tuple[str, ...]
-) -> Iterator[tuple[str, Path, str, bytes]]:
+def iter_folder(folder: Path, names: tuple[str, ...]) -> Iterator[tuple[str, Path, str, bytes]]:
     """Yield (name, file, member, bytes) for each of `names` in `folder`; a missing one raises."""
     for name in names:
         path = folder / name
@@ -155,9 +148,7 @@ def iter_folder(
         yield name, path, "", path.read_bytes()
 
 
-def iter_tarball(
-    tar_path: Path, names: tuple[str, ...]
-) -> Iterator[tuple[str, Path, str, bytes]]:
+def iter_tarball(tar_path: Path, names: tuple[str, ...]) -> Iterator[tuple[str, Path, str, bytes]]:
     """Yield (name, tarball, member, bytes) for each of `names` in the tarball, in one pass."""
     found: set[str] = set()
     try:
@@ -172,9 +163,7 @@ def iter_tarball(
                 found.add(name)
                 yield name, tar_path, member.name, handle.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DataError(
-            f"{tar_path}: damaged or truncated archive ({exc}). {_FIX}"
-        ) from exc
+        raise DataError(f"{tar_path}: damaged or truncated archive ({exc}). {_FIX}") from exc
     missing = [n for n in names if n not in found]
     if missing:
         raise DataError(
@@ -193,9 +182,7 @@ def tarball_format(tar_path: Path) -> str:
                 if BINARY_DIR in member.name:
                     return "binary"
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DataError(
-            f"{tar_path}: damaged or truncated archive ({exc}). {_FIX}"
-        ) from exc
+        raise DataError(f"{tar_path}: damaged or truncated archive ({exc}). {_FIX}") from exc
     raise DataError(
         f"{tar_path}: no {BINARY_DIR}/ or {PICKLE_DIR}/ inside; expected the official "
         f"{BINARY_TAR}. {_FIX}"
@@ -211,11 +198,9 @@ def load_cifar10(root: str | Path, verify: bool = True) -> Dataset:
     for a tarball the members are checked, since the official md5s are of the extracted files.
     """
     kind, path = locate_cifar10(existing_root(root, "CIFAR-10", CIFAR10_URL))
+    source: BatchSource = iter_folder
     if kind == "tar":
-        kind = tarball_format(path)
-        source = iter_tarball
-    else:
-        source = iter_folder
+        kind, source = tarball_format(path), iter_tarball
     train_names, test_name = (
         (BINARY_TRAIN, BINARY_TEST) if kind == "binary" else (PICKLE_TRAIN, PICKLE_TEST)
     )

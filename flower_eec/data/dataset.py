@@ -48,9 +48,7 @@ class Dataset:
                 f"got {len(self.mean)} and {len(self.std)}"
             )
         if min(self.std) <= 0:
-            raise DataError(
-                f"dataset {self.name!r}: every std must be > 0, got {self.std}"
-            )
+            raise DataError(f"dataset {self.name!r}: every std must be > 0, got {self.std}")
 
     @property
     def in_channels(self) -> int:
@@ -71,14 +69,10 @@ class Dataset:
         )
 
 
-def _check_split(
-    name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int
-) -> None:
+def _check_split(name: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> None:
     where = f"dataset {name!r} ({split} split)"
     if x.dtype != np.uint8 or x.ndim != 4:
-        raise DataError(
-            f"{where}: images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}"
-        )
+        raise DataError(f"{where}: images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
     if y.dtype != np.int64 or y.ndim != 1:
         raise DataError(f"{where}: labels must be int64 (N,), got {y.dtype} {y.shape}")
     if len(x) != len(y):

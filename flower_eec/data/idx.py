@@ -34,12 +34,8 @@ def parse_idx(data: bytes, label: str, hint: str = "") -> np.ndarray:
     dtype, ndim = _DTYPES[data[2]], data[3]
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
-        raise DataError(
-            f"{label}: truncated IDX header ({len(data)} of {header_size} bytes).{fix}"
-        )
-    shape = tuple(
-        int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
-    )
+        raise DataError(f"{label}: truncated IDX header ({len(data)} of {header_size} bytes).{fix}")
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     expected = header_size + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "longer than declared"

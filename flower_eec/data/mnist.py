@@ -56,17 +56,13 @@ def load_idx_file(path: Path, name: str, verify: bool) -> np.ndarray:
     if verify:
         if path.suffix == ".gz":
             # Official md5s are of the raw files; gzip wrappers differ between mirrors.
-            verify_md5(
-                path, MNIST_MD5[name], MNIST_URL, member="decompressed", data=content
-            )
+            verify_md5(path, MNIST_MD5[name], MNIST_URL, member="decompressed", data=content)
         else:
             verify_md5(path, MNIST_MD5[name], MNIST_URL)
     return array
 
 
-def load_split(
-    dirs: list[Path], prefix: str, verify: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def load_split(dirs: list[Path], prefix: str, verify: bool) -> tuple[np.ndarray, np.ndarray]:
     """Load images (N, 1, H, W) uint8 and labels (N,) int64 of the split named by `prefix`."""
     images_path = find_mnist_file(dirs, f"{prefix}-images-idx3-ubyte")
     labels_path = find_mnist_file(dirs, f"{prefix}-labels-idx1-ubyte")
@@ -83,9 +79,7 @@ def load_split(
             f"{labels.shape}. {_FIX}"
         )
     if len(labels) and int(labels.max()) >= NUM_CLASSES:
-        raise DataError(
-            f"{labels_path}: label {int(labels.max())} is not a digit 0-9. {_FIX}"
-        )
+        raise DataError(f"{labels_path}: label {int(labels.max())} is not a digit 0-9. {_FIX}")
     return images[:, None, :, :], labels.astype(np.int64)
 
 

@@ -17,9 +17,7 @@ _MAX_DIRICHLET_DRAWS = 1000
 def _as_labels(labels: np.ndarray) -> np.ndarray:
     array = np.asarray(labels)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise DataError(
-            f"labels must be a 1-D integer array, got {array.dtype} {array.shape}"
-        )
+        raise DataError(f"labels must be a 1-D integer array, got {array.dtype} {array.shape}")
     if len(array) and int(array.min()) < 0:
         raise DataError(f"labels must be >= 0, found {int(array.min())}")
     return array
@@ -94,8 +92,7 @@ def dirichlet(
     rng = np.random.default_rng(seed)
     for _ in range(_MAX_DIRICHLET_DRAWS):
         parts = [
-            np.concatenate(chunks)
-            for chunks in _dirichlet_draw(labels, num_devices, alpha, rng)
+            np.concatenate(chunks) for chunks in _dirichlet_draw(labels, num_devices, alpha, rng)
         ]
         if min(len(p) for p in parts) >= min_size:
             return _sorted(parts)
@@ -141,9 +138,7 @@ def pathological(
                 f"class {int(cls)} has {len(members)} examples but {len(holders)} devices must "
                 "share it; use fewer devices or fewer classes_per_device"
             )
-        for device, chunk in zip(
-            holders, np.array_split(members, len(holders)), strict=True
-        ):
+        for device, chunk in zip(holders, np.array_split(members, len(holders)), strict=True):
             parts[device].append(chunk)
     return _sorted([np.concatenate(chunks) for chunks in parts])
 
@@ -165,9 +160,7 @@ def partition(
         return dirichlet(labels, num_devices, alpha, seed, min_size=min_size)
     if scheme == "pathological":
         return pathological(labels, num_devices, classes_per_device, seed)
-    raise ConfigError(
-        f"unknown partition scheme {scheme!r}; allowed: {', '.join(SCHEMES)}"
-    )
+    raise ConfigError(f"unknown partition scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
 
 
 def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
@@ -193,18 +186,14 @@ def local_test_split(
     if len(device_labels) == 0:
         raise DataError("local_test_split: the device holds no training labels")
     if not 1 <= size <= len(test_labels):
-        raise ConfigError(
-            f"local test size must be in 1..{len(test_labels)}, got {size}"
-        )
+        raise ConfigError(f"local test size must be in 1..{len(test_labels)}, got {size}")
     num_classes = int(max(device_labels.max(), test_labels.max())) + 1
     counts = _largest_remainder(np.bincount(device_labels, minlength=num_classes), size)
     rng = np.random.default_rng(seed)
     chosen = []
     for cls in np.flatnonzero(counts):
         pool = np.flatnonzero(test_labels == cls)
-        chosen.append(
-            rng.choice(pool, size=min(int(counts[cls]), len(pool)), replace=False)
-        )
+        chosen.append(rng.choice(pool, size=min(int(counts[cls]), len(pool)), replace=False))
     return np.sort(np.concatenate(chosen).astype(np.int64))
 
 
@@ -219,8 +208,4 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
         members = np.flatnonzero(labels == cls)
         keep = max(1, round(fraction * len(members)))
         kept.append(rng.choice(members, size=keep, replace=False))
-    return (
-        np.sort(np.concatenate(kept).astype(np.int64))
-        if kept
-        else np.zeros(0, np.int64)
-    )
+    return np.sort(np.concatenate(kept).astype(np.int64)) if kept else np.zeros(0, np.int64)

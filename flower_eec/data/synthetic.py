@@ -11,12 +11,8 @@ import numpy as np
 from flower_eec.data.dataset import Dataset
 from flower_eec.errors import ConfigError
 
-_GRID = (
-    4  # coarse template resolution: 4x4 keeps patterns low-frequency at any image size
-)
-_TEMPLATE_SCALE = (
-    24.0  # pixel units: nearest-class-mean gets ~97%, a single pixel far less
-)
+_GRID = 4  # coarse template resolution: 4x4 keeps patterns low-frequency at any image size
+_TEMPLATE_SCALE = 24.0  # pixel units: nearest-class-mean gets ~97%, a single pixel far less
 _NOISE = 48.0
 _BRIGHTNESS = 16.0
 
@@ -47,9 +43,7 @@ def sample_images(
     """Draw uint8 images: 128 + class template + per-image brightness + per-pixel noise."""
     shape = (len(labels), *templates.shape[1:])
     brightness = rng.normal(0.0, _BRIGHTNESS, size=(len(labels), 1, 1, 1))
-    pixels = (
-        128.0 + templates[labels] + brightness + rng.normal(0.0, _NOISE, size=shape)
-    )
+    pixels = 128.0 + templates[labels] + brightness + rng.normal(0.0, _NOISE, size=shape)
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
@@ -79,13 +73,9 @@ def make_synthetic(
             f"num_train={num_train}, num_test={num_test}"
         )
     if channels < 1 or size < 2:
-        raise ConfigError(
-            f"synthetic needs channels >= 1 and size >= 2, got {channels}, {size}"
-        )
+        raise ConfigError(f"synthetic needs channels >= 1 and size >= 2, got {channels}, {size}")
     template_seq, train_seq, test_seq = np.random.SeedSequence(seed).spawn(3)
-    templates = class_templates(
-        num_classes, channels, size, np.random.default_rng(template_seq)
-    )
+    templates = class_templates(num_classes, channels, size, np.random.default_rng(template_seq))
     train_rng, test_rng = (
         np.random.default_rng(train_seq),
         np.random.default_rng(test_seq),

@@ -71,12 +71,16 @@ class Hierarchical(Strategy):
         Evaluate every N cloud rounds (and always after the last).
     on_round : Callable[[RoundReport], None], optional
         Called after every cloud round with its report.
+    node_wait : float (default: 60.0)
+        Seconds to wait at start for all ``topology.num_devices`` nodes to register; a
+        different number of nodes is then a ``ConfigError``.
     """
 
     def __init__(self, edge: Strategy | Callable[[int], Strategy], topology: Topology,
                  edge_rounds: int = 1, weighted_by_key: str = "num-examples",
                  evaluate_edges: bool = True, evaluate_every: int = 1,
-                 on_round: Callable[[RoundReport], None] | None = None) -> None:
+                 on_round: Callable[[RoundReport], None] | None = None,
+                 node_wait: float = 60.0) -> None:
         if edge_rounds < 1:
             raise ValueError(f"edge_rounds must be >= 1, got {edge_rounds}")
         self.topology = topology
@@ -85,6 +89,7 @@ class Hierarchical(Strategy):
         self.evaluate_edges = evaluate_edges
         self.evaluate_every = evaluate_every
         self.on_round = on_round
+        self.node_wait = node_wait
         groups = [*range(topology.num_edges), CLOUD_DIRECT]
         if isinstance(edge, Strategy):
             self.edges = {g: copy.deepcopy(edge) for g in groups}
@@ -214,7 +219,7 @@ class Hierarchical(Strategy):
         self.summary()
         train_config = train_config or ConfigRecord()
         evaluate_config = evaluate_config or ConfigRecord()
-        node_ids = wait_for_nodes(grid, self.topology.num_devices)
+        node_ids = wait_for_nodes(grid, self.topology.num_devices, self.node_wait)
         self.node_of = discover(grid, node_ids, timeout=min(timeout, 120.0))
         self.reference = initial_arrays
         result = Result(arrays=initial_arrays)
