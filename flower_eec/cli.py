@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="print the fully resolved config and exit")
     for sub in (run, show):
         sub.add_argument("config", help="a YAML file, e.g. examples/hierfavg.yaml")
-        sub.add_argument("overrides", nargs="*", help="dotted key=value, e.g. profile=cpu train.lr=0.1")
+        sub.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.lr=0.1")
     run.add_argument("--out", help="results folder (default: results/<method>-<profile>-<time>)")
     run.add_argument("--verbose", action="store_true", help="Flower's debug logging")
     return parser

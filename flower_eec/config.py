@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flower_eec.errors import ConfigError
@@ -187,7 +187,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str] | str) -> dict[str, Any]:
-    """Turn ``["train.lr=0.1", "profile=cpu"]`` (or one space-separated string) into a nested dict."""
+    """Turn ``["train.lr=0.1", "profile=cpu"]`` (or one spaced string) into a nested dict."""
     if isinstance(items, str):
         items = items.split()
     nested: dict[str, Any] = {}

@@ -20,7 +20,8 @@ from flower_eec.errors import ConfigError
 from flower_eec.learning import evaluate, torch_device
 from flower_eec.results import Recorder
 from flower_eec.strategies.discovery import wait_for_nodes
-from flower_eec.strategies.hierarchical import Hierarchical, RoundReport
+from flower_eec.strategies.hierarchical import RoundReport
+from flower_eec.strategies.hierfedavg import HierFedAvg
 from flower_eec.topology import Topology
 from flower_eec.traffic import MeteredGrid, Traffic
 
@@ -43,7 +44,7 @@ def central_evaluator(config: Config, data: FederatedData, model_name: str) -> E
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        return MetricRecord(evaluate(model, test, config.eval.batch_size))
+        return MetricRecord(dict[str, Any](evaluate(model, test, config.eval.batch_size)))
 
     return evaluate_fn
 
@@ -97,12 +98,10 @@ def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder,
             "timing": _timing(traffic, exchange_s, report.server_s),
         })
 
-    edge = FedAvg(min_available_nodes=1, min_train_nodes=1, min_evaluate_nodes=1,
-                  fraction_evaluate=1.0 if config.eval.devices else 0.0)
-    strategy = Hierarchical(edge=edge, topology=build_topology(config),
-                            edge_rounds=config.train.edge_rounds,
-                            evaluate_edges=config.eval.edges, evaluate_every=config.eval.every,
-                            on_round=on_round, node_wait=config.simulation.node_wait)
+    strategy = HierFedAvg(topology=build_topology(config), edge_rounds=config.train.edge_rounds,
+                          evaluate_devices=config.eval.devices, evaluate_edges=config.eval.edges,
+                          evaluate_every=config.eval.every, on_round=on_round,
+                          node_wait=config.simulation.node_wait)
     strategy.start(grid, initial, num_rounds=config.train.rounds,
                    timeout=config.simulation.timeout,
                    train_config=ConfigRecord({"lr": config.train.lr}),

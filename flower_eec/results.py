@@ -61,7 +61,8 @@ class Recorder:
 
     def summary(self) -> dict[str, Any]:
         """The whole run as the results.json document."""
-        accuracies = [r["cloud"]["accuracy"] for r in self.rounds if "accuracy" in r.get("cloud", {})]
+        accuracies = [r["cloud"]["accuracy"] for r in self.rounds
+                      if "accuracy" in r.get("cloud", {})]
         return {
             "method": self.config.method,
             "config": to_dict(self.config),
@@ -138,7 +139,7 @@ def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str = "") -> 
     for label, points in series.items():
         points = [(x, 100 * y) for x, y in points if y is not None]
         if points:
-            ax.plot(*zip(*points), marker=".", label=label)
+            ax.plot(*zip(*points, strict=True), marker=".", label=label)
     ax.set(xlabel="round", ylabel="accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import tomli_w
 from flwr.app import Context, RecordDict
-from flwr.supercore.telemetry import EventType
 from flwr.simulation.run_simulation import _run_simulation
+from flwr.supercore.telemetry import EventType
 
 from flower_eec.app.client_app import app as client_app
 from flower_eec.app.server_app import app as server_app

@@ -211,7 +211,7 @@ class RoundTopology:
         ).tolist()
 
     def participants(self) -> list[int]:
-        """Devices that take part this round (under an edge or directly under the cloud), ascending."""
+        """Devices that take part this round (under an edge or directly the cloud), ascending."""
         reachable = self.edge_online[self.edge_of] | (self.orphans == "cloud")
         return np.flatnonzero(self.device_online & reachable).tolist()
 
@@ -300,7 +300,8 @@ class Topology:
         for outage in self.edge_outages:
             if len(outage) != 3:
                 raise ConfigError(
-                    f"edge_outages entry {outage!r} is not allowed; use (edge, first_round, last_round)"
+                    f"edge_outages entry {outage!r} is not allowed; "
+                    "use (edge, first_round, last_round)"
                 )
             edge, first, last = outage
             _check_int("edge_outages edge", edge, 0)

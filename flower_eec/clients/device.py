@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -65,19 +66,26 @@ def _load(msg: Message, context: Context) -> tuple[Config, FederatedData, int, t
     return config, data, device, model
 
 
+def _number(config: ConfigRecord, key: str, default: float) -> float:
+    value = config.get(key, default)
+    return float(value) if isinstance(value, (int, float)) else default
+
+
 def train(msg: Message, context: Context) -> Message:
     """Local cross-entropy training from the received weights (kappa1 local epochs)."""
     started = time.perf_counter()
     config, data, device, model = _load(msg, context)
     sent = msg.content.config_records.get("config", ConfigRecord())
-    server_round = int(sent.get("server-round", 0))
-    generator = torch.Generator().manual_seed(hash((config.seed, server_round, device)) % 2**62)
+    server_round = int(_number(sent, "server-round", 0))
+    # One stream per (seed, round, device): reruns reproduce, devices and rounds differ.
+    generator = torch.Generator().manual_seed((config.seed * 1_000_003 + server_round) * 100_003
+                                              + device)
     t = config.train
     shard = data.device_train(device)
-    metrics = train_epochs(model, shard, epochs=t.local_epochs, batch_size=t.batch_size,
-                           lr=float(sent.get("lr", t.lr)), momentum=t.momentum,
-                           weight_decay=t.weight_decay, augmented=config.data.augment,
-                           cutout=config.data.cutout, generator=generator)
+    metrics: dict[str, Any] = train_epochs(
+        model, shard, epochs=t.local_epochs, batch_size=t.batch_size,
+        lr=_number(sent, "lr", t.lr), momentum=t.momentum, weight_decay=t.weight_decay,
+        augmented=config.data.augment, cutout=config.data.cutout, generator=generator)
     metrics["num-examples"] = len(shard)
     metrics["compute_s"] = time.perf_counter() - started
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
@@ -88,6 +96,6 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     """Accuracy and loss of the received weights on the device's local test split."""
     config, data, device, model = _load(msg, context)
     local = data.device_test(device)
-    metrics = evaluate(model, local, config.eval.batch_size)
+    metrics: dict[str, Any] = evaluate(model, local, config.eval.batch_size)
     metrics["num-examples"] = len(local)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,6 +1,7 @@
 """BasicBlock ResNets of any depth, split into extractor, intermediate layers and classifier.
 
-The split is FedIN's (Chan et al., arXiv 2304.00759); ResNet-10/18 are FedAgg's edge and cloud models.
+The split is FedIN's (Chan et al., arXiv 2304.00759); ResNet-10/18 are FedAgg's edge and
+cloud models.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def make_stem(
 
 
 class ResNet(nn.Module):
-    """A BasicBlock ResNet exposing FedIN's three parts: ``extractor``, ``intermediate``, ``classifier``.
+    """A BasicBlock ResNet in FedIN's three parts: ``extractor``, ``intermediate``, ``classifier``.
 
     ``model(x) == classifier(intermediate(extractor(x)))``. Parameter names depend only on a
     tensor's position (stage, block), never on the depth, so a deeper model's state dict is a

@@ -22,7 +22,7 @@ def weighted_average(records: Sequence[ArrayRecord], weights: Sequence[float]) -
     averaged: dict[str, Array] = {}
     for key in records[0]:
         arrays = [record[key].numpy() for record in records]
-        mean = sum(w / total * a.astype(np.float64) for w, a in zip(weights, arrays))
+        mean = sum(w / total * a.astype(np.float64) for w, a in zip(weights, arrays, strict=True))
         dtype = arrays[0].dtype
         if np.issubdtype(dtype, np.integer):
             mean = np.rint(mean)

@@ -182,7 +182,7 @@ class Hierarchical(Strategy):
                 continue
             self.edge_arrays[group] = match_dtypes(arrays, self.reference)
             examples[group] = examples.get(group, 0.0) + sum(
-                float(next(iter(r.content.metric_records.values()))[self.weighted_by_key])
+                scalars(next(iter(r.content.metric_records.values())))[self.weighted_by_key]
                 for r in replies)
             if edge_metrics is not None:
                 metrics.append(edge_metrics)
@@ -267,14 +267,14 @@ class Hierarchical(Strategy):
         report.edges = [{"edge": g, "examples": examples.get(g, 0.0)}
                         for g in range(self.topology.num_edges)]
         if contributing:
-            uploads = [self.edge_arrays[g] for g in contributing]
             report.edge_to_cloud_bytes = sum(
-                a.count_bytes() for g, a in zip(contributing, uploads) if g != CLOUD_DIRECT)
-            cloud = weighted_average(uploads, [examples[g] for g in contributing])
+                self.edge_arrays[g].count_bytes() for g in contributing if g != CLOUD_DIRECT)
+            cloud = weighted_average([self.edge_arrays[g] for g in contributing],
+                                     [examples[g] for g in contributing])
         online_edges = int(view.edge_online.sum())
         report.cloud_to_edge_bytes = cloud.count_bytes() * online_edges
         report.server_s += time.perf_counter() - started
-        merged = mean_metric_records(metrics) if metrics else None
+        merged = mean_records(metrics, [1.0] * len(metrics)) if metrics else None
         return cloud, merged
 
     def _evaluate(self, grid: Grid, server_round: int, cloud: ArrayRecord,
@@ -286,10 +286,10 @@ class Hierarchical(Strategy):
                 for entry in report.edges:
                     if entry["examples"] > 0:
                         edge_metrics = evaluate_fn(server_round, self.edge_arrays[entry["edge"]])
-                        entry.update(dict(edge_metrics or {}))
+                        entry.update(scalars(edge_metrics or MetricRecord()))
             cloud_metrics = evaluate_fn(server_round, cloud)
             if cloud_metrics is not None:
-                report.cloud_metrics = dict(cloud_metrics)
+                report.cloud_metrics = scalars(cloud_metrics)
                 result.evaluate_metrics_serverapp[server_round] = cloud_metrics
         report.server_s += time.perf_counter() - started
         messages = list(self.configure_evaluate(server_round, cloud, config, grid))
@@ -297,34 +297,32 @@ class Hierarchical(Strategy):
             replies = grid.send_and_receive(messages, timeout=timeout)
             device_metrics = self.aggregate_evaluate(server_round, replies)
             if device_metrics is not None:
-                report.device_metrics = dict(device_metrics)
+                report.device_metrics = scalars(device_metrics)
                 result.evaluate_metrics_clientapp[server_round] = device_metrics
+
+
+def scalars(record: MetricRecord) -> dict[str, float]:
+    """A record's int and float values, as floats (lists are left out)."""
+    return {key: float(value) for key, value in record.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def mean_records(records: list[MetricRecord], weights: list[float]) -> MetricRecord:
+    """Weighted mean of the scalar metrics that every record carries."""
+    values = [scalars(record) for record in records]
+    shared = set.intersection(*(set(v) for v in values))
+    total = sum(weights)
+    return MetricRecord({key: sum(w * v[key] for w, v in zip(weights, values, strict=True)) / total
+                         for key in sorted(shared)})
 
 
 def mean_metrics(replies: list[Message], weighted_by_key: str = "num-examples"
                  ) -> MetricRecord | None:
-    """Example-weighted mean of the scalar metrics that every reply carries."""
+    """Example-weighted mean of the reply metrics, with the total of ``weighted_by_key``."""
     if not replies:
         return None
     records = [next(iter(r.content.metric_records.values())) for r in replies]
-    weights = [float(record[weighted_by_key]) for record in records]  # type: ignore[arg-type]
-    shared = set.intersection(*(set(record) for record in records)) - {weighted_by_key}
-    total = sum(weights)
-    merged = MetricRecord()
-    for key in sorted(shared):
-        values = [record[key] for record in records]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            merged[key] = sum(w * float(v) for w, v in zip(weights, values)) / total
-    merged[weighted_by_key] = int(total)
-    return merged
-
-
-def mean_metric_records(records: list[MetricRecord]) -> MetricRecord:
-    """Unweighted mean of the scalar metrics shared by several edges' aggregated records."""
-    shared = set.intersection(*(set(record) for record in records))
-    merged = MetricRecord()
-    for key in sorted(shared):
-        values = [record[key] for record in records]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            merged[key] = sum(float(v) for v in values) / len(values)
+    weights = [scalars(record)[weighted_by_key] for record in records]
+    merged = mean_records(records, weights)
+    merged[weighted_by_key] = int(sum(weights))
     return merged

@@ -63,7 +63,7 @@ def common_metrics(replies: Iterable[Message]) -> list[Message]:
         return replies
     records = [next(iter(r.content.metric_records.items())) for r in replies]
     shared = set.intersection(*(set(record) for _, record in records))
-    for reply, (name, record) in zip(replies, records):
+    for reply, (name, record) in zip(replies, records, strict=True):
         if set(record) != shared:
             reply.content[name] = MetricRecord({k: v for k, v in record.items() if k in shared})
     return replies

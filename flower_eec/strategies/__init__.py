@@ -1,0 +1,8 @@
+"""Server side: the tiers. ``Hierarchical`` nests any Flower strategy per edge."""
+
+from flower_eec.strategies.aggregation import weighted_average
+from flower_eec.strategies.edge_grid import EdgeGrid
+from flower_eec.strategies.hierarchical import Hierarchical, RoundReport
+from flower_eec.strategies.hierfedavg import HierFedAvg
+
+__all__ = ["EdgeGrid", "HierFedAvg", "Hierarchical", "RoundReport", "weighted_average"]
