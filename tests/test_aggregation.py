@@ -1,4 +1,4 @@
-"""Tests of weighted averaging of ArrayRecords (HierFAVG's edge and cloud step) on hand-made inputs."""
+"""Tests of weighted averaging of ArrayRecords (HierFAVG's edge and cloud step) on known inputs."""
 
 from __future__ import annotations
 

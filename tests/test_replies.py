@@ -1,4 +1,4 @@
-"""Tests of the checks on device replies (a bad reply fails its device only) on hand-made Messages."""
+"""Tests of the checks on device replies (a bad reply fails its device only), hand-made Messages."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def test_common_metrics_strips_keys_not_shared_by_all() -> None:
     kept = common_metrics([a, b, c])
 
     assert kept == [a, b, c]
-    for message, loss in zip(kept, (1.0, 2.0, 3.0)):
+    for message, loss in zip(kept, (1.0, 2.0, 3.0), strict=True):
         metrics = message.content.metric_records["metrics"]
         assert dict(metrics) == {"num-examples": 12, "loss": loss}
     # The arrays travel on untouched.

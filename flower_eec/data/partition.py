@@ -209,3 +209,32 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
         keep = max(1, round(fraction * len(members)))
         kept.append(rng.choice(members, size=keep, replace=False))
     return np.sort(np.concatenate(kept).astype(np.int64)) if kept else np.zeros(0, np.int64)
+
+
+# Fixed on purpose: the shipped bridge autoencoder was trained on the public slice this seed gives.
+HOLDOUT_SEED = 20231218
+
+
+def holdout_split(
+    labels: np.ndarray, fraction: float, seed: int = HOLDOUT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (public, private): a stratified held-out public slice and the rest.
+
+    Each class gives ``floor(fraction * n_class + 1/2)`` examples to the public slice. Per class the
+    order is one seeded permutation whatever the fraction, so a larger fraction's public slice
+    contains a smaller one's: a run that holds out at least the fraction the shipped bridge was
+    trained on (``HOLDOUT_SEED``) never gives a device an image the bridge saw. Both results are
+    sorted int64 and together cover every index exactly once.
+    """
+    labels = _as_labels(labels)
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"holdout fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    public = []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        public.append(members[: int(np.floor(fraction * len(members) + 0.5))])
+    chosen = np.concatenate(public).astype(np.int64) if public else np.zeros(0, np.int64)
+    is_public = np.zeros(len(labels), dtype=bool)
+    is_public[chosen] = True
+    return np.flatnonzero(is_public).astype(np.int64), np.flatnonzero(~is_public).astype(np.int64)

@@ -1,0 +1,198 @@
+"""Tests of whole runs on the smoke profile through the in-process grid and the real ClientApp.
+
+HierFAVG with one edge round per cloud round is FedAvg (the same example-weighted mean, taken in
+two steps), so both methods must give the same cloud model, round by round.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import ArrayRecord
+
+from flower_eec import experiment
+from flower_eec.app.client_app import app
+from flower_eec.clients.device import build_device_model
+from flower_eec.config import Config, resolve, to_dict, to_json
+from flower_eec.data.federated import federated_data
+from flower_eec.errors import ConfigError
+from flower_eec.local_grid import LocalGrid
+from flower_eec.results import LINKS
+
+ROUND_FIELDS = {"round", "wall_s", "cloud", "edges", "devices", "comm_bytes"}
+
+
+def smoke(method: str, out: Path, **overrides: Any) -> Config:
+    return resolve(None, {"method": method, "profile": "smoke", "out": str(out), **overrides})
+
+
+def run(config: Config) -> dict[str, Any]:
+    grid = LocalGrid(app, config.topology.num_devices, {"config-json": to_json(config)})
+    return experiment.run(grid, config)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Config, dict[str, Any]]]:
+    done = {}
+    for name, method in (("hierfavg", "hierfavg"), ("again", "hierfavg"), ("fedavg", "fedavg")):
+        config = smoke(method, tmp_path_factory.mktemp(name))
+        done[name] = (config, run(config))
+    return done
+
+
+def model_bytes(config: Config) -> int:
+    data = federated_data(config)
+    return ArrayRecord(build_device_model(config, data, "cnn3").state_dict()).count_bytes()
+
+
+def test_hierfavg_with_one_edge_round_equals_fedavg(runs: dict) -> None:
+    _, hier = runs["hierfavg"]
+    _, flat = runs["fedavg"]
+
+    assert [r["round"] for r in hier["rounds"]] == [r["round"] for r in flat["rounds"]] == [1, 2]
+    for h, f in zip(hier["rounds"], flat["rounds"], strict=True):
+        assert h["cloud"]["loss"] == pytest.approx(f["cloud"]["loss"], abs=1e-6)
+        assert h["cloud"]["accuracy"] == pytest.approx(f["cloud"]["accuracy"], abs=1e-6)
+        assert h["devices"]["mean_local_accuracy"] == pytest.approx(
+            f["devices"]["mean_local_accuracy"], abs=1e-6)
+        assert h["devices"]["mean_local_loss"] == pytest.approx(
+            f["devices"]["mean_local_loss"], abs=1e-6)
+    assert hier["final"]["cloud_accuracy"] == pytest.approx(flat["final"]["cloud_accuracy"])
+
+
+def test_a_run_is_deterministic(runs: dict) -> None:
+    _, first = runs["hierfavg"]
+    _, second = runs["again"]
+
+    for a, b in zip(first["rounds"], second["rounds"], strict=True):
+        for key in ("round", "cloud", "edges", "devices", "comm_bytes"):
+            assert a[key] == b[key]
+
+
+def test_another_seed_gives_another_run(runs: dict, tmp_path: Path) -> None:
+    _, first = runs["hierfavg"]
+
+    other = run(smoke("hierfavg", tmp_path, seed=1, train={"rounds": 1}))
+
+    assert other["rounds"][0]["cloud"]["loss"] != first["rounds"][0]["cloud"]["loss"]
+
+
+def test_the_cloud_learns_something_and_metrics_are_sane(runs: dict) -> None:
+    _, summary = runs["hierfavg"]
+
+    for record in summary["rounds"]:
+        assert 0.0 <= record["cloud"]["accuracy"] <= 1.0
+        assert record["cloud"]["loss"] > 0
+        assert (record["devices"]["participants"], record["devices"]["failures"]) == (4, 0)
+        assert [e["edge"] for e in record["edges"]] == [0, 1]
+        assert all(e["examples"] > 0 and 0.0 <= e["accuracy"] <= 1.0 for e in record["edges"])
+    # Two rounds of SGD on the synthetic task must lower the global test loss.
+    assert summary["rounds"][1]["cloud"]["loss"] < summary["rounds"][0]["cloud"]["loss"]
+
+
+def test_edge_and_cloud_traffic_is_one_model_per_online_edge(runs: dict) -> None:
+    config, hier = runs["hierfavg"]
+    _, flat = runs["fedavg"]
+    size = model_bytes(config)
+
+    for h, f in zip(hier["rounds"], flat["rounds"], strict=True):
+        assert h["comm_bytes"]["edge_to_cloud"] == 2 * size
+        assert h["comm_bytes"]["cloud_to_edge"] == 2 * size
+        assert h["comm_bytes"]["device_to_cloud"] == h["comm_bytes"]["cloud_to_device"] == 0
+        # Four train and four evaluate messages each carry the model down.
+        assert 8 * size < h["comm_bytes"]["edge_to_device"] < 8 * size + 2000
+        # The same messages travel in flat FedAvg, only on the device-cloud link.
+        assert f["comm_bytes"]["cloud_to_device"] == h["comm_bytes"]["edge_to_device"]
+        assert f["comm_bytes"]["edge_to_cloud"] == f["comm_bytes"]["device_to_edge"] == 0
+    # Round 2 has no discovery round: devices upload exactly the same as in flat FedAvg.
+    assert hier["rounds"][1]["comm_bytes"]["device_to_edge"] == (
+        flat["rounds"][1]["comm_bytes"]["device_to_cloud"])
+    assert 4 * size < flat["rounds"][1]["comm_bytes"]["device_to_cloud"] < 4 * size + 2000
+
+
+@pytest.mark.parametrize("name", ["hierfavg", "fedavg"])
+def test_the_results_folder(runs: dict, name: str) -> None:
+    config, summary = runs[name]
+    out = Path(config.out)
+
+    assert sorted(p.name for p in out.iterdir()) == [
+        "accuracy.png", "comm.png", "metrics.csv", "results.json"]
+    for png in ("accuracy.png", "comm.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert set(saved) == {"method", "config", "versions", "rounds", "final"}
+    assert saved["method"] == config.method
+    assert saved["config"] == to_dict(config)
+    assert set(saved["versions"]) == {"flower_eec", "flwr", "torch"}
+    for record in saved["rounds"]:
+        assert ROUND_FIELDS - {"edges"} <= set(record)
+        assert list(record["comm_bytes"]) == list(LINKS)
+    if name == "hierfavg":
+        assert all(ROUND_FIELDS <= set(record) for record in saved["rounds"])
+    accuracies = [r["cloud"]["accuracy"] for r in saved["rounds"]]
+    assert saved["final"]["cloud_accuracy"] == accuracies[-1]
+    assert saved["final"]["best_cloud_accuracy"] == max(accuracies)
+
+    with (out / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    tiers = ["cloud", "edge", "edge", "devices"] if name == "hierfavg" else ["cloud", "devices"]
+    assert [r["tier"] for r in rows] == tiers * 2
+    clouds = [r for r in rows if r["tier"] == "cloud"]
+    assert [float(r["accuracy"]) for r in clouds] == accuracies
+
+
+def test_two_edge_rounds_run_and_differ_from_one(runs: dict, tmp_path: Path) -> None:
+    config = smoke("hierfavg", tmp_path, train={"rounds": 1, "edge_rounds": 2})
+
+    summary = run(config)
+
+    [record] = summary["rounds"]
+    _, one = runs["hierfavg"]
+    assert record["cloud"]["loss"] != pytest.approx(one["rounds"][0]["cloud"]["loss"], abs=1e-6)
+    # Two edge rounds upload twice from every device, then each edge once to the cloud.
+    assert record["comm_bytes"]["edge_to_cloud"] == 2 * model_bytes(config)
+    assert record["comm_bytes"]["device_to_edge"] > 8 * model_bytes(config)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG experiment.run_hierfavg.on_round books all device "
+                   "traffic on the edge links, also that of devices attached straight to the cloud")
+def test_devices_attached_to_the_cloud_use_the_cloud_links(tmp_path: Path) -> None:
+    # Every edge is offline and orphans attach to the cloud: no byte crosses an edge.
+    config = smoke("hierfavg", tmp_path, train={"rounds": 1},
+                   topology={"edge_dropout": 1.0, "orphans": "cloud"})
+
+    [record] = run(config)["rounds"]
+
+    assert record["devices"]["participants"] == 4
+    assert record["comm_bytes"]["edge_to_cloud"] == record["comm_bytes"]["cloud_to_edge"] == 0
+    assert record["comm_bytes"]["device_to_edge"] == record["comm_bytes"]["edge_to_device"] == 0
+    assert record["comm_bytes"]["device_to_cloud"] > 4 * model_bytes(config)
+    assert record["comm_bytes"]["cloud_to_device"] > 8 * model_bytes(config)
+
+
+@pytest.mark.parametrize("model", [{"cloud": "resnet18"}, {"edge": "resnet10"},
+                                   {"large_device": "resnet10", "large_fraction": 0.5}])
+@pytest.mark.parametrize("method", ["hierfavg", "fedavg"])
+def test_weight_averaging_needs_one_model_on_every_tier(method: str, model: dict,
+                                                        tmp_path: Path) -> None:
+    config = smoke(method, tmp_path / "out", model=model)
+
+    with pytest.raises(ConfigError, match="every tier carries one model"):
+        run(config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_results_dir_is_out_or_a_stamped_folder(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    assert experiment.results_dir(smoke("hierfavg", tmp_path / "x")) == tmp_path / "x"
+    monkeypatch.chdir(tmp_path)
+
+    stamped = experiment.results_dir(resolve(None, {"method": "fedavg"}))
+
+    assert stamped.parent == tmp_path / "results"
+    assert stamped.name.startswith("fedavg-smoke-")

@@ -1,0 +1,180 @@
+"""Tests of the results folder (results.json, metrics.csv, plots) from hand-made round records."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flower_eec.config import Config, resolve, to_dict
+from flower_eec.results import LINKS, Recorder, write_metrics_csv
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def rounds() -> list[dict[str, Any]]:
+    return [
+        {"round": 1, "cloud": {"accuracy": 0.30, "loss": 1.9},
+         "edges": [{"edge": 0, "accuracy": 0.20, "loss": 2.0, "examples": 100.0},
+                   {"edge": 1, "accuracy": 0.25, "loss": 2.1, "examples": 80.0}],
+         "devices": {"mean_local_accuracy": 0.50, "mean_local_loss": 1.2,
+                     "participants": 4, "failures": 1},
+         "comm_bytes": {"device_to_edge": 400, "edge_to_device": 800, "edge_to_cloud": 200,
+                        "cloud_to_edge": 200}},
+        {"round": 2, "cloud": {"accuracy": 0.40, "loss": 1.7},
+         "edges": [{"edge": 0, "accuracy": 0.35}, {"edge": 1, "accuracy": 0.30}],
+         "devices": {"mean_local_accuracy": 0.60, "participants": 4, "failures": 0},
+         "comm_bytes": {"device_to_edge": 410}},
+        # A round without evaluation (eval.every > 1): no cloud accuracy.
+        {"round": 3, "cloud": {}, "edges": [], "devices": {"participants": 4, "failures": 0},
+         "comm_bytes": {}},
+    ]
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return resolve(None, {"train": {"rounds": 3}})
+
+
+@pytest.fixture(scope="module")
+def written(config: Config, tmp_path_factory: pytest.TempPathFactory
+            ) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("results") / "run"
+    recorder = Recorder(config, out)
+    for record in rounds():
+        recorder.add_round(record)
+    return out, recorder.finish()
+
+
+def test_add_round_keeps_results_json_up_to_date(config: Config, tmp_path: Path) -> None:
+    recorder = Recorder(config, tmp_path / "run")
+
+    recorder.add_round(rounds()[0])
+
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [r["round"] for r in saved["rounds"]] == [1]
+    assert saved["final"]["cloud_accuracy"] == 0.30
+
+    recorder.add_round(rounds()[1])
+
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [r["round"] for r in saved["rounds"]] == [1, 2]
+
+
+def test_every_file_of_the_results_folder(written: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = written
+
+    assert sorted(p.name for p in out.iterdir()) == [
+        "accuracy.png", "comm.png", "metrics.csv", "results.json"]
+    for name in ("accuracy.png", "comm.png"):
+        assert (out / name).read_bytes().startswith(PNG)
+
+
+def test_results_json_has_the_architecture_fields(written: tuple[Path, dict[str, Any]],
+                                                  config: Config) -> None:
+    out, summary = written
+    saved = json.loads((out / "results.json").read_text())
+
+    assert saved == json.loads(json.dumps(summary))
+    assert set(saved) == {"method", "config", "versions", "rounds", "final"}
+    assert saved["method"] == "hierfavg"
+    assert saved["config"] == to_dict(config)
+    assert set(saved["versions"]) == {"flower_eec", "flwr", "torch"}
+    assert saved["versions"]["flwr"].startswith("1.4")
+    first = saved["rounds"][0]
+    assert {"round", "wall_s", "cloud", "edges", "devices", "comm_bytes"} <= set(first)
+    assert first["cloud"] == {"accuracy": 0.30, "loss": 1.9}
+    assert first["devices"]["failures"] == 1
+    assert first["wall_s"] >= 0
+
+
+def test_comm_bytes_has_every_link_with_zeros_filled_in(
+        written: tuple[Path, dict[str, Any]]) -> None:
+    _, summary = written
+
+    for record in summary["rounds"]:
+        assert list(record["comm_bytes"]) == list(LINKS)
+    assert summary["rounds"][0]["comm_bytes"] == {
+        "device_to_edge": 400, "edge_to_device": 800, "edge_to_cloud": 200,
+        "cloud_to_edge": 200, "device_to_cloud": 0, "cloud_to_device": 0}
+    assert summary["rounds"][1]["comm_bytes"]["device_to_edge"] == 410
+    assert sum(summary["rounds"][2]["comm_bytes"].values()) == 0
+
+
+def test_final_holds_the_last_and_best_cloud_accuracy(
+        written: tuple[Path, dict[str, Any]]) -> None:
+    _, summary = written
+
+    final = summary["final"]
+    # Round 3 was not evaluated: the last accuracy is round 2's.
+    assert final["cloud_accuracy"] == 0.40
+    assert final["best_cloud_accuracy"] == 0.40
+    assert final["total_wall_s"] >= 0
+    assert final["peak_rss_mb"] > 0
+
+
+def test_best_differs_from_last_when_accuracy_drops(config: Config) -> None:
+    recorder = Recorder(config)
+    for round_, accuracy in ((1, 0.5), (2, 0.7), (3, 0.6)):
+        recorder.add_round({"round": round_, "cloud": {"accuracy": accuracy}})
+
+    final = recorder.finish()["final"]
+
+    assert final["cloud_accuracy"] == 0.6
+    assert final["best_cloud_accuracy"] == 0.7
+
+
+def test_no_evaluated_round_gives_no_accuracy(config: Config) -> None:
+    recorder = Recorder(config)
+    recorder.add_round({"round": 1})
+
+    final = recorder.finish()["final"]
+
+    assert final["cloud_accuracy"] is None
+    assert final["best_cloud_accuracy"] is None
+
+
+def test_without_out_nothing_is_written(config: Config, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    recorder = Recorder(config)
+    recorder.add_round(rounds()[0])
+
+    summary = recorder.finish()
+
+    assert [r["round"] for r in summary["rounds"]] == [1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_metrics_csv_has_one_row_per_round_and_tier(written: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = written
+
+    with (out / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+
+    assert [(r["round"], r["tier"], r["index"]) for r in rows] == [
+        ("1", "cloud", ""), ("1", "edge", "0"), ("1", "edge", "1"), ("1", "devices", ""),
+        ("2", "cloud", ""), ("2", "edge", "0"), ("2", "edge", "1"), ("2", "devices", ""),
+        ("3", "cloud", ""), ("3", "devices", "")]
+    cloud1, edge0, edge1, devices1 = rows[:4]
+    assert (cloud1["accuracy"], cloud1["loss"]) == ("0.3", "1.9")
+    assert float(cloud1["wall_s"]) == summary["rounds"][0]["wall_s"]
+    assert [int(cloud1[link]) for link in LINKS] == [400, 800, 200, 200, 0, 0]
+    assert (edge0["accuracy"], edge0["loss"]) == ("0.2", "2.0")
+    assert (edge1["accuracy"], edge1["loss"]) == ("0.25", "2.1")
+    assert all(edge0[link] == "" for link in LINKS)
+    assert (devices1["accuracy"], devices1["loss"]) == ("0.5", "1.2")
+    assert rows[7]["loss"] == ""  # round 2's devices reported no loss
+    assert (rows[8]["accuracy"], rows[8]["loss"]) == ("", "")
+
+
+def test_write_metrics_csv_header(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+
+    write_metrics_csv([], path)
+
+    assert path.read_text().splitlines() == [
+        "round,tier,index,accuracy,loss,wall_s," + ",".join(LINKS)]
