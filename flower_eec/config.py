@@ -156,10 +156,22 @@ def _schema() -> DictConfig:
 
 
 def _merge(base: DictConfig, layer: dict[str, Any], source: str) -> DictConfig:
+    _check_sections(base, layer, source)
     try:
         return OmegaConf.merge(base, layer)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{source}: {_explain(exc)}") from None
+
+
+def _check_sections(base: DictConfig, layer: dict[str, Any], source: str, prefix: str = "") -> None:
+    """A scalar given where the schema has a section is named here (OmegaConf's error is not)."""
+    for key, value in layer.items():
+        node = base.get(key) if key in base else None
+        if isinstance(node, DictConfig):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{prefix}{key}' is a section, not a value; set its "
+                                  f"keys instead, e.g. {prefix}{key}.{next(iter(node))!s}=...")
+            _check_sections(node, value, source, f"{prefix}{key}.")
 
 
 def _explain(exc: OmegaConfBaseException) -> str:
@@ -338,5 +350,17 @@ def validate(config: Config) -> None:
     for key in ("rounds", "edge_rounds", "local_epochs", "batch_size"):
         _check(getattr(tr, key) >= 1, f"train.{key}", getattr(tr, key), ">= 1")
     _check(tr.lr > 0, "train.lr", tr.lr, "> 0")
+    _check(tr.momentum >= 0, "train.momentum", tr.momentum, ">= 0")
+    _check(tr.weight_decay >= 0, "train.weight_decay", tr.weight_decay, ">= 0")
+    _check(config.seed >= 0, "seed", config.seed, "an integer >= 0")
+    _check(d.cutout >= 0, "data.cutout", d.cutout, ">= 0 (0 turns Cutout off)")
+    _check(d.min_size >= 1, "data.min_size", d.min_size, ">= 1")
+    _check(d.classes_per_device >= 1, "data.classes_per_device", d.classes_per_device, ">= 1")
     _check(config.eval.every >= 1, "eval.every", config.eval.every, ">= 1")
+    _check(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")
+    sim = config.simulation
+    _check(sim.torch_threads >= 1, "simulation.torch_threads", sim.torch_threads, ">= 1")
+    _check(sim.client_cpus >= 1, "simulation.client_cpus", sim.client_cpus, ">= 1")
+    _check(sim.client_gpus >= 0, "simulation.client_gpus", sim.client_gpus, ">= 0")
+    _check(sim.node_wait > 0, "simulation.node_wait", sim.node_wait, "> 0 seconds")
     _check(config.simulation.timeout > 0, "simulation.timeout", config.simulation.timeout, "> 0")

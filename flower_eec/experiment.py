@@ -66,12 +66,6 @@ def _shared_model(config: Config) -> str:
     return m.device
 
 
-def _device_link(traffic: dict[str, Traffic]) -> tuple[int, int]:
-    sent = sum(t.sent_bytes for t in traffic.values())
-    received = sum(t.received_bytes for t in traffic.values())
-    return sent, received
-
-
 def _timing(traffic: dict[str, Traffic], exchange_s: float, server_s: float) -> dict[str, float]:
     return {"exchange_s": round(exchange_s, 3), "server_s": round(server_s, 3),
             "device_compute_s": round(sum(t.device_compute_s for t in traffic.values()), 3)}
@@ -83,7 +77,6 @@ def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder,
 
     def on_round(report: RoundReport) -> None:
         traffic, exchange_s = grid.drain()
-        down, up = _device_link(traffic)
         devices: dict[str, Any] = {"participants": report.participants,
                                    "failures": report.failures}
         if "accuracy" in report.device_metrics:
@@ -92,9 +85,7 @@ def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder,
         recorder.add_round({
             "round": report.round, "cloud": report.cloud_metrics, "edges": report.edges,
             "devices": devices,
-            "comm_bytes": {"edge_to_device": down, "device_to_edge": up,
-                           "edge_to_cloud": report.edge_to_cloud_bytes,
-                           "cloud_to_edge": report.cloud_to_edge_bytes},
+            "comm_bytes": report.link_bytes,
             "timing": _timing(traffic, exchange_s, report.server_s),
         })
 
@@ -133,10 +124,11 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder,
         if server_round in device_eval:
             devices["mean_local_accuracy"] = device_eval[server_round].get("accuracy")
             devices["mean_local_loss"] = device_eval[server_round].get("loss")
-        down, up = _device_link(traffic)
         recorder.add_round({
             "round": server_round, "cloud": dict(metrics or {}), "devices": devices,
-            "comm_bytes": {"cloud_to_device": down, "device_to_cloud": up},
+            "comm_bytes": {
+                "cloud_to_device": sum(t.sent_bytes for t in traffic.values()),
+                "device_to_cloud": sum(t.received_bytes for t in traffic.values())},
             "timing": _timing(traffic, exchange_s, 0.0),
         })
         return metrics

@@ -46,6 +46,9 @@ class Recorder:
         """Append a round (see ARCHITECTURE.md for its fields), log it, rewrite results.json."""
         now = time.perf_counter()
         record = {"round": record["round"], "wall_s": round(now - self.last, 3), **record}
+        unknown = set(record.get("comm_bytes", {})) - set(LINKS)
+        if unknown:
+            raise ValueError(f"unknown links {sorted(unknown)}; links are {LINKS}")
         record["comm_bytes"] = {link: int(record.get("comm_bytes", {}).get(link, 0))
                                 for link in LINKS}
         self.last = now

@@ -240,16 +240,11 @@ def test_a_bad_value_message_says_what_is_allowed() -> None:
         resolve(None, {"topology": {"mobility": 2}})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG config._explain: a scalar given for a section "
-                   "(train=3) reports \"bad value for ''\" instead of naming 'train'")
 def test_a_scalar_for_a_section_names_the_section() -> None:
     with pytest.raises(ConfigError, match="'train'"):
         resolve(None, parse_overrides(["train=3"]))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG config.validate does not check these keys: the value "
-                   "passes resolve() and fails later (numpy/torch ValueError in experiment.run, "
-                   "or an error reply from every device)")
 @pytest.mark.parametrize("item", ["seed=-1", "eval.batch_size=0", "simulation.torch_threads=0",
                                   "train.momentum=-1", "train.weight_decay=-1", "data.cutout=-3"])
 def test_values_that_fail_at_run_time_are_refused_up_front(item: str) -> None:

@@ -301,7 +301,7 @@ def test_an_edge_whose_devices_all_fail_keeps_its_model_and_is_left_out() -> Non
     assert sorted(report.failure_reasons) == [0, 1]
     assert report.edges == [{"edge": 0, "examples": 0.0}, {"edge": 1, "examples": 7.0}]
     # Only edge 1 uploads to the cloud.
-    assert report.edge_to_cloud_bytes == r.strategy.edge_arrays[1].count_bytes()
+    assert report.link_bytes.get("edge_to_cloud", 0) == r.strategy.edge_arrays[1].count_bytes()
 
 
 def test_when_every_device_fails_the_cloud_keeps_its_model() -> None:
@@ -310,7 +310,7 @@ def test_when_every_device_fails_the_cloud_keeps_its_model() -> None:
     np.testing.assert_array_equal(r.cloud, W0)
     assert [report.failures for report in r.reports] == [4, 4]
     assert all(sorted(report.failure_reasons) == [0, 1, 2, 3] for report in r.reports)
-    assert all(report.edge_to_cloud_bytes == 0 for report in r.reports)
+    assert all(report.link_bytes.get("edge_to_cloud", 0) == 0 for report in r.reports)
     assert r.result.train_metrics_clientapp == {}
 
 
@@ -389,7 +389,7 @@ def test_an_offline_edge_sits_out_when_orphans_skip() -> None:
     [report] = r.reports
     assert report.participants == 2
     assert report.edges == [{"edge": 0, "examples": 0.0}, {"edge": 1, "examples": 7.0}]
-    assert report.cloud_to_edge_bytes == r.result.arrays.count_bytes()
+    assert report.link_bytes.get("cloud_to_edge", 0) == r.result.arrays.count_bytes()
 
 
 def test_orphans_of_an_offline_edge_attach_to_the_cloud() -> None:
@@ -403,7 +403,7 @@ def test_orphans_of_an_offline_edge_attach_to_the_cloud() -> None:
     [report] = r.reports
     assert report.participants == 4
     # Devices attached to the cloud upload straight to it: only edge 1 uses the edge-cloud link.
-    assert report.edge_to_cloud_bytes == r.strategy.edge_arrays[1].count_bytes()
+    assert report.link_bytes.get("edge_to_cloud", 0) == r.strategy.edge_arrays[1].count_bytes()
 
 
 # --- edge strategies ------------------------------------------------------------------------

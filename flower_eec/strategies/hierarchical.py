@@ -23,6 +23,7 @@ from flower_eec.strategies.discovery import discover, wait_for_nodes
 from flower_eec.strategies.edge_grid import EdgeGrid
 from flower_eec.strategies.replies import common_metrics, metric_problem, train_reply_problem
 from flower_eec.topology import RoundTopology, Topology
+from flower_eec.traffic import message_bytes
 
 CLOUD_DIRECT = -1  # the group of devices attached to the cloud while their edge is offline
 
@@ -40,9 +41,22 @@ class RoundReport:
     failure_reasons: dict[int, str] = field(default_factory=dict)
     device_metrics: dict[str, float] = field(default_factory=dict)
     cloud_metrics: dict[str, float] = field(default_factory=dict)
-    edge_to_cloud_bytes: int = 0
-    cloud_to_edge_bytes: int = 0
+    link_bytes: dict[str, int] = field(default_factory=dict)
     server_s: float = 0.0
+
+    def count(self, messages: list[Message], replies: list[Message],
+              group_of: dict[int, int]) -> None:
+        """Add the bytes of one exchange to the device links of the groups involved."""
+        for message in messages:
+            tier = "cloud" if group_of.get(message.metadata.dst_node_id) == CLOUD_DIRECT else "edge"
+            self.add(f"{tier}_to_device", message_bytes(message))
+        for reply in replies:
+            tier = "cloud" if group_of.get(reply.metadata.src_node_id) == CLOUD_DIRECT else "edge"
+            self.add(f"device_to_{tier}", message_bytes(reply))
+
+    def add(self, link: str, size: int) -> None:
+        """Add ``size`` bytes to ``link`` (e.g. ``edge_to_cloud``)."""
+        self.link_bytes[link] = self.link_bytes.get(link, 0) + size
 
 
 class Hierarchical(Strategy):
@@ -254,7 +268,8 @@ class Hierarchical(Strategy):
                 "train", edge_round, view, lambda g: self.edge_arrays[g], config, grid)
             if not messages:
                 continue
-            replies = grid.send_and_receive(messages, timeout=timeout)
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
+            report.count(messages, replies, group_of)
             started = time.perf_counter()
             by_group = self._split(
                 replies, group_of, report,
@@ -267,12 +282,12 @@ class Hierarchical(Strategy):
         report.edges = [{"edge": g, "examples": examples.get(g, 0.0)}
                         for g in range(self.topology.num_edges)]
         if contributing:
-            report.edge_to_cloud_bytes = sum(
-                self.edge_arrays[g].count_bytes() for g in contributing if g != CLOUD_DIRECT)
+            report.add("edge_to_cloud", sum(self.edge_arrays[g].count_bytes()
+                                            for g in contributing if g != CLOUD_DIRECT))
             cloud = weighted_average([self.edge_arrays[g] for g in contributing],
                                      [examples[g] for g in contributing])
         online_edges = int(view.edge_online.sum())
-        report.cloud_to_edge_bytes = cloud.count_bytes() * online_edges
+        report.add("cloud_to_edge", cloud.count_bytes() * online_edges)
         report.server_s += time.perf_counter() - started
         merged = mean_records(metrics, [1.0] * len(metrics)) if metrics else None
         return cloud, merged
@@ -292,9 +307,12 @@ class Hierarchical(Strategy):
                 report.cloud_metrics = scalars(cloud_metrics)
                 result.evaluate_metrics_serverapp[server_round] = cloud_metrics
         report.server_s += time.perf_counter() - started
-        messages = list(self.configure_evaluate(server_round, cloud, config, grid))
+        view = self.topology.at_round(server_round)
+        messages, group_of = self._configure("evaluate", server_round, view, lambda g: cloud,
+                                             config, grid)
         if messages:
-            replies = grid.send_and_receive(messages, timeout=timeout)
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
+            report.count(messages, replies, group_of)
             device_metrics = self.aggregate_evaluate(server_round, replies)
             if device_metrics is not None:
                 report.device_metrics = scalars(device_metrics)

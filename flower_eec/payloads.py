@@ -1,0 +1,255 @@
+"""Typed distillation payloads <-> Flower records: FedAgg (arXiv 2312.11489), FedEEC (2501.00693).
+
+Every conversion from a Flower ArrayRecord validates keys, dtype, shape, finiteness and size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from flower_eec.errors import PayloadError
+
+LOGITS = "logits"
+SAMPLE_IDS = "sample-ids"
+EMBEDDINGS = "embeddings"
+LABELS = "labels"
+EMBEDDING_SHAPE = (4, 8, 8)
+FLOAT_DTYPES = ("float32", "float16")
+_NUMPY_STYPE = "numpy.ndarray"
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    inner = ", ".join("N" if d is None else str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def _check_float(name: str, value: np.ndarray) -> None:
+    if value.dtype.name not in FLOAT_DTYPES:
+        raise PayloadError(f"{name} have dtype {value.dtype}, expected {' or '.join(FLOAT_DTYPES)}")
+    if not np.isfinite(value).all():
+        nans = int(np.isnan(value).sum())
+        what = f"NaN ({nans} values)" if nans else f"Inf ({int(np.isinf(value).sum())} values)"
+        raise PayloadError(f"{name} hold {what}; every value must be finite")
+
+
+def _check_int64(name: str, value: np.ndarray, length: int) -> None:
+    if value.dtype != np.int64:
+        raise PayloadError(f"{name} have dtype {value.dtype}, expected int64")
+    if value.shape != (length,):
+        raise PayloadError(f"{name} shape {value.shape}, expected ({length},)")
+
+
+@dataclass(frozen=True, eq=False)
+class LogitsPayload:
+    """A teacher's (or returning student's) logits on a batch of bridge samples.
+
+    Attributes:
+        logits: ``(N, C)`` float32 or float16, finite.
+        sample_ids: ``(N,)`` int64, the store positions the rows belong to; ``None`` when the rows
+            follow the order both sides already agree on.
+    """
+
+    logits: np.ndarray
+    sample_ids: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse arrays that do not hold what the type promises."""
+        if self.logits.ndim != 2:
+            raise PayloadError(f"logits shape {self.logits.shape}, expected (N, C)")
+        _check_float(LOGITS, self.logits)
+        if self.sample_ids is not None:
+            _check_int64(SAMPLE_IDS, self.sample_ids, self.num_samples)
+
+    @property
+    def num_samples(self) -> int:
+        """Number of rows N."""
+        return int(self.logits.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C."""
+        return int(self.logits.shape[1])
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingPayload:
+    """Bridge-encoder codes of a device's training images with their labels (FedAgg's init).
+
+    Attributes:
+        embeddings: ``(N, 4, 8, 8)`` (for CIFAR-10) float32 or float16, finite.
+        labels: ``(N,)`` int64, non-negative.
+    """
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        """Refuse arrays that do not hold what the type promises."""
+        if self.embeddings.ndim < 2:
+            raise PayloadError(f"embeddings shape {self.embeddings.shape}, expected (N, ...)")
+        _check_float(EMBEDDINGS, self.embeddings)
+        _check_int64(LABELS, self.labels, self.num_samples)
+        if self.labels.size and int(self.labels.min()) < 0:
+            raise PayloadError(f"labels hold {int(self.labels.min())}; labels must be >= 0")
+
+    @property
+    def num_samples(self) -> int:
+        """Number of examples N."""
+        return int(self.embeddings.shape[0])
+
+
+def _wire_float(name: str, value: np.ndarray, fp16: bool) -> Array:
+    if not fp16:
+        return Array(np.ascontiguousarray(value, dtype=np.float32))
+    if value.size and float(np.abs(value).max()) > _FP16_MAX:
+        raise PayloadError(
+            f"{name} reach {float(np.abs(value).max()):.3g}, beyond float16's {_FP16_MAX:.0f}; "
+            "send them as float32 (fp16=False)"
+        )
+    return Array(np.ascontiguousarray(value, dtype=np.float16))
+
+
+def to_record(payload: LogitsPayload | EmbeddingPayload, fp16: bool = False) -> ArrayRecord:
+    """The payload as an ArrayRecord; floats travel as float16 when ``fp16`` (half the bytes).
+
+    Raises:
+        PayloadError: ``fp16`` is asked for but a value does not fit float16.
+    """
+    arrays: dict[str, Array]
+    if isinstance(payload, LogitsPayload):
+        arrays = {LOGITS: _wire_float(LOGITS, payload.logits, fp16)}
+        if payload.sample_ids is not None:
+            arrays[SAMPLE_IDS] = Array(np.ascontiguousarray(payload.sample_ids))
+    elif isinstance(payload, EmbeddingPayload):
+        arrays = {
+            EMBEDDINGS: _wire_float(EMBEDDINGS, payload.embeddings, fp16),
+            LABELS: Array(np.ascontiguousarray(payload.labels)),
+        }
+    else:
+        raise TypeError(f"not a payload: {type(payload).__name__}")
+    return ArrayRecord(arrays)
+
+
+def payload_bytes(record: ArrayRecord) -> int:
+    """Bytes the record puts on the wire: array data plus keys (as the traffic meter counts)."""
+    return int(record.count_bytes())
+
+
+def _check_record(
+    kind: str,
+    record: ArrayRecord,
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+    max_bytes: int,
+) -> None:
+    keys = set(record.keys())
+    missing = [key for key in required if key not in keys]
+    if missing:
+        raise PayloadError(f"{kind} record lacks {missing}; it holds {sorted(keys)}")
+    extra = sorted(keys - set(required) - set(optional))
+    if extra:
+        allowed = list(required) + [f"{key} (optional)" for key in optional]
+        raise PayloadError(f"{kind} record holds unexpected key(s) {extra}; allowed: {allowed}")
+    size = payload_bytes(record)
+    if size > max_bytes:
+        raise PayloadError(f"{kind} record holds {size} bytes, over the limit of {max_bytes}")
+
+
+def _decode(
+    name: str, array: Array, dtypes: tuple[str, ...], shape: tuple[int | None, ...]
+) -> np.ndarray:
+    """Check the header against the expectation, then decode and check the data matches it."""
+    if array.stype != _NUMPY_STYPE:
+        raise PayloadError(f"{name} are serialised as {array.stype!r}, expected {_NUMPY_STYPE!r}")
+    if array.dtype not in dtypes:
+        raise PayloadError(f"{name} have dtype {array.dtype}, expected {' or '.join(dtypes)}")
+    found = tuple(array.shape)
+    fits = len(found) == len(shape) and all(
+        e is None or e == f for e, f in zip(shape, found, strict=True)
+    )
+    if not fits:
+        if len(found) == len(shape) and found[1:] == shape[1:]:
+            raise PayloadError(f"{name} hold {found[0]} samples, expected {shape[0]}")
+        raise PayloadError(f"{name} shape {found}, expected {_shape_text(shape)}")
+    try:
+        value = array.numpy()
+    except (ValueError, EOFError, OSError, TypeError) as err:
+        raise PayloadError(f"{name} could not be decoded ({err})") from err
+    if value.dtype.name != array.dtype or value.shape != found:
+        raise PayloadError(
+            f"{name} data ({value.dtype} {value.shape}) contradicts the header "
+            f"({array.dtype} {found})"
+        )
+    return value
+
+
+def _as_float32(name: str, value: np.ndarray) -> np.ndarray:
+    _check_float(name, value)
+    return value.astype(np.float32, copy=False)
+
+
+def logits_from_record(
+    record: ArrayRecord, *, num_samples: int, num_classes: int, max_bytes: int
+) -> LogitsPayload:
+    """Read and validate a logits record; floats come back as float32.
+
+    Args:
+        record: What ``to_record(LogitsPayload(...))`` made, as received.
+        num_samples: Rows the sender was asked for (the size of the shared bridge batch).
+        num_classes: Logits per row.
+        max_bytes: Largest record accepted (checked before decoding).
+
+    Raises:
+        PayloadError: A key is missing or unexpected, the record is too large, or an array has the
+            wrong dtype or shape, holds NaN/Inf, or (sample ids) repeats or is negative.
+    """
+    _check_record(LOGITS, record, (LOGITS,), (SAMPLE_IDS,), max_bytes)
+    logits = _decode(LOGITS, record[LOGITS], FLOAT_DTYPES, (num_samples, num_classes))
+    sample_ids = None
+    if SAMPLE_IDS in record:
+        sample_ids = _decode(SAMPLE_IDS, record[SAMPLE_IDS], ("int64",), (num_samples,))
+        if sample_ids.size and int(sample_ids.min()) < 0:
+            raise PayloadError(f"sample-ids hold {int(sample_ids.min())}; ids must be >= 0")
+        if len(np.unique(sample_ids)) != len(sample_ids):
+            raise PayloadError("sample-ids repeat an id; each row must belong to its own sample")
+    return LogitsPayload(_as_float32(LOGITS, logits), sample_ids)
+
+
+def embeddings_from_record(
+    record: ArrayRecord,
+    *,
+    num_classes: int,
+    num_samples: int | None = None,
+    embedding_shape: tuple[int, ...] = EMBEDDING_SHAPE,
+    max_bytes: int,
+) -> EmbeddingPayload:
+    """Read and validate an embeddings record; floats come back as float32.
+
+    Args:
+        record: What ``to_record(EmbeddingPayload(...))`` made, as received.
+        num_classes: Labels must lie in ``[0, num_classes)``.
+        num_samples: The device's declared number of training examples, or ``None`` to accept
+            any count (labels must still match the embeddings).
+        embedding_shape: Shape of one code (the bridge's ``(4, 8, 8)`` for 32x32 images).
+        max_bytes: Largest record accepted (checked before decoding).
+
+    Raises:
+        PayloadError: A key is missing or unexpected, the record is too large, an array has the
+            wrong dtype or shape or holds NaN/Inf, or a label is out of range.
+    """
+    _check_record(EMBEDDINGS, record, (EMBEDDINGS, LABELS), (), max_bytes)
+    codes = _decode(
+        EMBEDDINGS, record[EMBEDDINGS], FLOAT_DTYPES, (num_samples, *embedding_shape)
+    )
+    labels = _decode(LABELS, record[LABELS], ("int64",), (len(codes),))
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise PayloadError(f"labels hold {bad}, outside the range [0, {num_classes})")
+    return EmbeddingPayload(_as_float32(EMBEDDINGS, codes), labels)
