@@ -149,6 +149,15 @@ def run_on_ray(config: Any) -> None:
         simulation._run_simulation = original  # type: ignore[assignment]
 
 
+def device_seed(seed: int, server_round: int, device: int) -> int:
+    """The seed of a device's shuffling/augmentation stream in a round.
+
+    Mirrors ``flower_eec.clients.device.train`` so that the plain loop computes the same models
+    as the ClientApps (the overhead table shows both final accuracies as a check).
+    """
+    return (seed * 1_000_003 + server_round) * 100_003 + device
+
+
 def _fedavg_in_place(sums: dict[str, Any], state: dict[str, Any], weight: float) -> None:
     for key, value in state.items():
         contribution = value.double() * weight
@@ -189,9 +198,8 @@ def _child_plain(config_json: str, threads: int) -> dict[str, Any]:
         for device in range(n):
             model.load_state_dict(global_state)
             shard = data.device_train(device)
-            # The same per-device stream as flower_eec.clients.device.train.
             generator = torch.Generator().manual_seed(
-                hash((config.seed, server_round, device)) % 2**62)
+                device_seed(config.seed, server_round, device))
             train_epochs(model, shard, epochs=t.local_epochs, batch_size=t.batch_size,
                          lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                          augmented=config.data.augment, cutout=config.data.cutout,
@@ -509,7 +517,7 @@ def part_accuracy(args: argparse.Namespace, workdir: Path) -> None:
                                 for m in METHODS)],
          ["mean wall of later rounds (s)", *(secs(_mean_later(runs[m]["results"]["rounds"]))
                                              for m in METHODS)],
-         ["machine CPUs busy during the run (mean, of {})".format(os.cpu_count()),
+         [f"machine CPUs busy during the run (mean, of {os.cpu_count()})",
           *(f"{runs[m]['busy_cpus_during']:.2f}" for m in METHODS)]])
     markdown = "\n".join([
         "## Cloud test accuracy (%) per round: FedAvg, HierFAVG and central training",
@@ -601,32 +609,36 @@ def part_overhead(args: argparse.Namespace, workdir: Path) -> None:
             not_run = f"1,000 devices: did not finish: {exc}".splitlines()[0]
             print("  " + not_run, flush=True)
 
-    main_threads = args.plain_threads
     table_rows = []
     detail_rows = []
     for row in rows:
-        plain_main = row["plain"][main_threads]
-        plain_one = row["plain"].get(1)
-        plain_s = plain_main["total_s"]
+        best_threads = min(row["plain"], key=lambda k: row["plain"][k]["total_s"])
+        plain = row["plain"][best_threads]
+        row["plain_best_threads"] = best_threads
+        messages = row["devices"] * row["rounds"]
         table_rows.append([
-            row["devices"], row["rounds"], secs(row["flower_call_s"]), secs(plain_s),
-            f"{row['flower_call_s'] / plain_s:.1f}x",
-            secs(row["flower_loop_s"]), secs(plain_main["loop_s"]),
-            f"{row['flower_loop_s'] / plain_main['loop_s']:.1f}x",
-            secs(plain_one["total_s"]) if plain_one else "-",
+            row["devices"], row["rounds"], secs(row["flower_call_s"]),
+            f"{secs(plain['total_s'])} ({best_threads} thr)",
+            f"**{row['flower_call_s'] / plain['total_s']:.1f}x**",
+            secs(row["flower_loop_s"]), secs(plain["loop_s"]),
+            f"{row['flower_loop_s'] / plain['loop_s']:.1f}x",
+            " / ".join(f"{secs(row['plain'][k]['total_s'])}" for k in sorted(row["plain"])),
         ])
-        plain_acc = plain_main["rounds"][-1].get("cloud", {}).get("accuracy")
+        plain_acc = plain["rounds"][-1].get("cloud", {}).get("accuracy")
         detail_rows.append([
             row["devices"], row["rounds"],
             secs(row["flower_call_s"] - row["flower_loop_s"]),
             secs(row["flower_round1_s"]), secs(row["flower_later_round_s"]),
-            secs(row["flower_device_compute_s"]), secs(row["flower_exchange_s"]),
-            secs(plain_main["data_s"]),
-            secs(_mean_later(plain_main["rounds"])),
+            secs(_mean_later(plain["rounds"])),
+            f"{1000 * row['flower_device_compute_s'] / messages:.1f}",
+            f"{1000 * plain['loop_s'] / messages:.1f}",
+            secs(row["flower_exchange_s"]),
+            f"{row['flower']['busy_cpus_during']:.2f}",
             pct(row["flower_final_accuracy"]), pct(plain_acc),
         ])
+    threads = sorted({args.plain_threads, 1})
     base = rows[0]["config"] if rows else {}
-    examples = (f"{base['data']['subset']:.0%} stratified CIFAR-10 subset, IID split"
+    examples = (f"a {base['data']['subset']:.0%} stratified CIFAR-10 subset, IID split"
                 if base else "")
     ray_line = ("Ray start-up on its own (fresh process: `ray.init` without dashboard, 2 "
                 "one-CPU actors up and answering, `ray.shutdown`): "
@@ -634,51 +646,55 @@ def part_overhead(args: argparse.Namespace, workdir: Path) -> None:
                 f" + shutdown {secs(ray_startup['shutdown_s'])} s = "
                 f"**{secs(ray_startup['total_s'])} s**." if ray_startup else
                 "Ray start-up on its own: the probe failed (see the log).")
+    thousand = (f"1,000 devices ran {args.rounds_1000} round(s) only, so its ratio spreads the "
+                "fixed start-up over fewer rounds than the other rows."
+                if any(r["devices"] >= 1000 for r in rows) else not_run)
+    cpus = os.cpu_count()
     markdown = "\n".join([
         "## Orchestration overhead: Flower simulation vs plain PyTorch, same FedAvg computation",
         "",
-        f"FedAvg, `cnn3`, {examples} (the same examples at every device count), "
-        f"local_epochs 1, batch {base.get('train', {}).get('batch_size', '-')}, "
-        "no device-side evaluation (`eval.devices=false`), one central evaluation on the full "
-        "CIFAR-10 test set after the last round in both. Flower: `run_simulation` (Ray, "
-        f"{os.cpu_count()} CPUs, 1 CPU and 1 torch thread per ClientApp actor, so "
-        f"{os.cpu_count()} actors train in parallel). Plain: one process, a loop over devices, "
-        f"{main_threads} torch thread(s); same per-device seeds, so both compute the same "
-        "model (final accuracies below agree up to float summation order).",
+        f"FedAvg, `cnn3`, {examples} (the same 5,000 examples at every device count), "
+        f"local_epochs 1, batch {base.get('train', {}).get('batch_size', '-')}, lr "
+        f"{base.get('train', {}).get('lr', '-')}, no device-side evaluation "
+        "(`eval.devices=false`), one central evaluation on the full CIFAR-10 test set after the "
+        "last round in both. Flower: `flower_eec.simulation.run_simulation` (with `is_app=True`, "
+        f"see `run_on_ray`) on Ray: {cpus} CPUs, 1 CPU and 1 torch thread per ClientApp actor, "
+        f"so {cpus} actors train in parallel. Plain: one process, a loop over devices, run with "
+        f"{' and '.join(str(t) for t in threads)} torch thread(s); the faster counts. Same "
+        "initial weights and per-device seeds, so both compute the same model: compare the "
+        "final accuracies below.",
         "",
         table(["devices", "rounds", "Flower simulation s", "plain PyTorch s", "ratio",
-               "Flower in-run s", "plain loop s", "in-run ratio", "plain, 1 thread s"],
-              table_rows),
+               "Flower in-run s", "plain loop s", "in-run ratio",
+               f"plain s with {' / '.join(str(t) for t in threads)} thread(s)"], table_rows),
         "",
-        "- `Flower simulation s`: the whole `run_simulation` call: Ray start-up, actor start, "
-        "the ServerApp loading the data, the rounds, Ray shutdown. `plain PyTorch s`: loading "
-        "the data once plus the loop. Neither counts Python start-up and imports.",
-        "- `Flower in-run s`: results.json `total_wall_s`, from the ServerApp's start of the "
-        "strategy to its end (all rounds and the evaluation). It still contains the ClientApp "
-        "actors' first-use cost (importing torch and flower_eec, loading CIFAR-10 in every actor "
-        "process) and, per message, Flower's message passing, serialising the weights to and "
-        "from the actors, rebuilding the model and the config lookup in the ClientApp. "
-        "`plain loop s` excludes data loading.",
-        "- The ratio therefore contains: Ray start-up and shutdown, per-actor imports and data "
-        "loading, serialisation of every model both ways, Flower's in-memory link state and "
-        "scheduling; against it, Flower uses both cores for training while the plain loop uses "
-        f"{main_threads} thread(s) of one process.",
+        "- `Flower simulation s`: the whole `run_simulation` call: Ray start-up, actors, the "
+        "ServerApp loading the data, the rounds, Ray shutdown. `plain PyTorch s`: loading the "
+        "data once plus the loop. Neither counts the Python interpreter's start-up and imports.",
+        "- `Flower in-run s`: results.json `total_wall_s`, from the ServerApp's strategy start to "
+        "its end (all rounds and the evaluation); `plain loop s` excludes data loading.",
+        "- What the ratio contains: Ray start-up and shutdown; each actor process importing torch "
+        "and flower_eec and loading CIFAR-10 on its first message (round 1); per message, "
+        "Flower's in-memory link state and the Simulation Engine's polling threads, serialising "
+        "the weights to and from the actor, and the ClientApp rebuilding the model; against "
+        f"that, Flower trains on {cpus} actors at once.",
         f"- {ray_line}",
-        f"- {not_run}" if not_run else "- 1,000 devices: run with "
-        f"{args.rounds_1000} round(s) only (5 rounds would not fit a few minutes); its ratio "
-        "carries the fixed start-up cost over fewer rounds, so it is not comparable row by row.",
+        f"- {thousand}",
         "",
         "Where the Flower time goes:",
         "",
-        table(["devices", "rounds", "outside the loop s", "round 1 s", "later rounds s (mean)",
-               "sum device compute s", "sum send_and_receive s", "plain data load s",
-               "plain later rounds s (mean)", "Flower final acc %", "plain final acc %"],
-              detail_rows),
+        table(["devices", "rounds", "outside the loop s", "Flower round 1 s",
+               "Flower later rounds s (mean)", "plain later rounds s (mean)",
+               "ClientApp compute per message ms", "plain per device-round ms",
+               "sum send_and_receive s", "CPUs busy (Flower run)", "Flower final acc %",
+               "plain final acc %"], detail_rows),
         "",
         "`outside the loop` = simulation call minus in-run time (Ray start/stop, the "
-        "ServerApp's data loading). `sum device compute` adds each ClientApp's own measured time "
-        "(model build, weight loading, training) over all devices and rounds; two actors run at "
-        "once, so it can exceed the wall time of the exchanges.",
+        "ServerApp's data loading). `ClientApp compute per message` is each ClientApp's own "
+        "measured time (config and data lookup, model build, weight loading, training) averaged "
+        "over all train messages; the plain loop's figure is its loop time per device and round. "
+        f"`CPUs busy` is the whole machine's mean use (of {cpus}) during the Flower run, "
+        "this run included.",
     ])
     raw = {"environment": environment(), "ray_startup": ray_startup, "rows": rows,
            "not_run": not_run}

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "final_val_mse": round(val_mse, 6),
         "train_seconds": round(seconds, 1),
         "torch": torch.__version__,
-        "command": "python scripts/train_bridge.py " + shlex.join(argv or sys.argv[1:]),
+        "command": shlex.join(["python", "scripts/train_bridge.py", *(argv or sys.argv[1:])]),
     }
     path = save_state_json(args.out, bridge.state_dict(), meta)
     print(f"wrote {path} ({path.stat().st_size} bytes) in {seconds:.0f} s of training")
