@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from flower_eec.forwarding_grid import ForwardingGrid
 
 
 def record_bytes(content: RecordDict) -> int:
@@ -33,7 +34,7 @@ class Traffic:
     device_compute_s: float = 0.0
 
 
-class MeteredGrid(Grid):
+class MeteredGrid(ForwardingGrid):
     """A Grid that forwards to another and adds up, per message type, what each exchange moved.
 
     ``drain()`` returns the totals since the last call, so a caller can report them per round.
@@ -41,7 +42,7 @@ class MeteredGrid(Grid):
     """
 
     def __init__(self, grid: Grid) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.traffic: dict[str, Traffic] = {}
         self.exchange_s = 0.0
 
@@ -53,20 +54,6 @@ class MeteredGrid(Grid):
 
     def _of(self, message_type: str) -> Traffic:
         return self.traffic.setdefault(message_type.split(".")[0], Traffic())
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from flower_eec.forwarding_grid import ForwardingGrid
 
 
-class EdgeGrid(Grid):
+class EdgeGrid(ForwardingGrid):
     """The nodes of one edge in one round; sending goes through ``Hierarchical``, not here.
 
     An edge strategy calls ``get_node_ids()`` to sample its devices; messages are collected
@@ -17,19 +18,8 @@ class EdgeGrid(Grid):
     """
 
     def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.node_ids = list(node_ids)
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
