@@ -21,8 +21,13 @@ Two parts, each printing markdown tables and writing them, with the raw numbers 
     weighted by examples; one central evaluation on the global test set after the last round in
     both, no device-side evaluation. The total number of training examples is the same at every
     device count (an IID split of a CIFAR-10 subset), so the learning work is constant and the
-    ratio shows what orchestration costs. 1,000 devices run with 1 round (``--rounds-1000``).
-    Ray start-up is timed on its own (``ray.init`` + two actors + ``ray.shutdown``).
+    ratio shows what orchestration costs. 1,000 devices run with the same rounds when that
+    finishes within ``--timeout-1000`` seconds, else with 1 round (``--rounds-1000`` sets it).
+    Ray start-up is timed on its own (``ray.init`` + two actors + ``ray.shutdown``). Each
+    measurement below 1,000 devices runs ``--repeat`` times (default 2) and the fastest counts,
+    because the machine may be shared and interference only ever adds time.
+
+Flower runs go through ``flower_eec.simulation.run_simulation`` (Flower's Simulation Engine, Ray).
 
 Every measured run happens in a fresh Python process (this script re-invoked with a private
 sub-command), so caches, Ray state and imports never leak from one measurement into the next.
@@ -43,6 +48,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -105,6 +111,7 @@ def _child_flower(config_json: str, engine: str) -> dict[str, Any]:
     config = from_json(config_json)
     with tempfile.TemporaryDirectory(prefix="flower-eec-bench-") as out:
         config.out = out
+        cpu_started = _own_cpu_s()
         started = time.perf_counter()
         if engine == "simulation":
             run_on_ray(config)
@@ -117,36 +124,27 @@ def _child_flower(config_json: str, engine: str) -> dict[str, Any]:
                              {"config-json": to_json(config)})
             experiment.run(grid, config)
         call_s = time.perf_counter() - started
+        driver_cpu_s = _own_cpu_s() - cpu_started
         results_file = Path(out) / "results.json"
         if not results_file.is_file():
             raise RuntimeError(f"the run wrote no results.json into {out}")
         summary = json.loads(results_file.read_text())
     summary.pop("config", None)
-    return {"engine": engine, "call_s": call_s, "results": summary}
+    return {"engine": engine, "call_s": call_s, "driver_cpu_s": driver_cpu_s,
+            "results": summary}
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds used so far by this process, all threads (not its child processes)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_on_ray(config: Any) -> None:
-    """``flower_eec.simulation.run_simulation(config)``, with the run config reaching the devices.
+    """``flower_eec.simulation.run_simulation(config)``: Flower's Simulation Engine (Ray)."""
+    from flower_eec.simulation import run_simulation
 
-    Flower's ``_run_simulation`` reads the app directory's run_config into the SuperNodes'
-    contexts only when ``is_app=True``; ``run_simulation`` leaves it False, so without this the
-    ClientApps would fall back to the default config (profile ``smoke``, 4 devices, synthetic
-    data). Passing ``is_app=True`` changes nothing else in Flower 1.41; if the project already
-    passes it, this wrapper leaves the call as it is.
-    """
-    from flower_eec import simulation
-
-    original = simulation._run_simulation
-
-    def with_app_config(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("is_app", True)
-        return original(*args, **kwargs)
-
-    simulation._run_simulation = with_app_config  # type: ignore[assignment]
-    try:
-        simulation.run_simulation(config)
-    finally:
-        simulation._run_simulation = original  # type: ignore[assignment]
+    run_simulation(config)
 
 
 def device_seed(seed: int, server_round: int, device: int) -> int:
@@ -443,13 +441,13 @@ def environment() -> dict[str, Any]:
             "load_average_at_start": os.getloadavg()}
 
 
-def write_outputs(part: str, markdown: str, raw: dict[str, Any]) -> None:
-    """Print the tables; write them and the raw numbers under ``benchmarks/results``."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"foundation_{part}.md").write_text(markdown + "\n")
-    (RESULTS_DIR / f"foundation_{part}.json").write_text(json.dumps(raw, indent=1) + "\n")
+def write_outputs(part: str, markdown: str, raw: dict[str, Any], folder: Path) -> None:
+    """Print the tables; write them and the raw numbers into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"foundation_{part}.md").write_text(markdown + "\n")
+    (folder / f"foundation_{part}.json").write_text(json.dumps(raw, indent=1) + "\n")
     print("\n" + markdown + "\n", flush=True)
-    print(f"wrote {RESULTS_DIR / f'foundation_{part}.md'} and .json", flush=True)
+    print(f"wrote {folder / f'foundation_{part}.md'} and .json", flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,16 +493,16 @@ def part_accuracy(args: argparse.Namespace, workdir: Path) -> None:
     rows.append(["**final**", *(f"**{pct(finals[c])}**" for c in columns)])
     rows.append(["best", *(pct(bests[c]) for c in columns)])
     rows.append(["wall time (s)", *(secs(walls[c]) for c in columns)])
-    engine = ("Flower Simulation Engine (Ray, `flower_eec.simulation.run_simulation` with "
-              "`is_app=True` so that the devices see the run config; see `run_on_ray`)"
+    engine = ("Flower Simulation Engine (Ray, `flower_eec.simulation.run_simulation`)"
               if args.engine == "simulation" else "in-process LocalGrid (no Ray)")
     d, tp, tr = base.data, base.topology, base.train
+    call = "`run_simulation` call" if args.engine == "simulation" else "`experiment.run` call"
     eval_note = ("edges and devices evaluated too (`--full-eval`)" if args.full_eval else
                  "`eval.edges=false eval.devices=false`: only the cloud model is evaluated")
     union = central["examples"]
     breakdown = table(
         ["", "FedAvg", "HierFAVG"],
-        [["run_simulation call (s)", *(secs(runs[m]["call_s"]) for m in METHODS)],
+        [[f"{call} (s)", *(secs(runs[m]["call_s"]) for m in METHODS)],
          ["ServerApp loop, results.json total_wall_s (s)",
           *(secs(runs[m]["results"]["final"]["total_wall_s"]) for m in METHODS)],
          ["sum of device compute_s over rounds (s)",
@@ -530,10 +528,11 @@ def part_accuracy(args: argparse.Namespace, workdir: Path) -> None:
         f"seed {base.seed}. Accuracy on the full CIFAR-10 test set (10,000 images).",
         "",
         f"FedAvg and HierFAVG ran on the {engine}; {eval_note}. `central` is the same `cnn3` "
-        f"(same initial weights) trained on the union of all device shards, one epoch per round, "
+        f"(same initial weights) trained on the union of all device shards, one epoch per round "
+        "(a fresh SGD optimiser each epoch, as a device gets each round), "
         f"in one process with {args.central_threads} torch thread(s); its wall time includes "
-        "loading the data. Federated wall time is the whole `run_simulation` call (Ray start-up "
-        "and data loading included).",
+        f"loading the data. Federated wall time is the whole {call} (data loading included"
+        f"{', Ray start-up too' if args.engine == 'simulation' else ''}).",
         "",
         table(["round", "FedAvg", "HierFAVG", "central"], rows),
         "",
@@ -544,7 +543,7 @@ def part_accuracy(args: argparse.Namespace, workdir: Path) -> None:
     raw = {"environment": environment(), "engine": args.engine, "full_eval": args.full_eval,
            "configs": {m: to_dict(configs[m]) for m in METHODS}, "runs": runs,
            "central": central, "curves": curves}
-    write_outputs("accuracy", markdown, raw)
+    write_outputs("accuracy", markdown, raw, Path(args.results_dir))
 
 
 def _mean_later(rounds: list[dict[str, Any]]) -> float | None:
@@ -566,11 +565,23 @@ def _overhead_row(num_devices: int, rounds: int, args: argparse.Namespace,
     config_json = to_json(config)
     label = f"overhead-{num_devices}dev-{rounds}r"
     timeout = args.timeout_1000 if num_devices >= 1000 else args.timeout
-    flower = run_child(["_flower", "--config-json", config_json, "--engine", "simulation"],
-                       f"{label}-flower", workdir, timeout)
-    plain = {threads: run_child(["_plain", "--config-json", config_json, "--threads",
-                                 str(threads)], f"{label}-plain-{threads}t", workdir, timeout)
-             for threads in sorted({args.plain_threads, 1}, reverse=True)}
+    repeats = 1 if num_devices >= 1000 else max(1, args.repeat)
+    flowers: list[dict[str, Any]] = []
+    plains: dict[int, list[dict[str, Any]]] = {}
+    for attempt in range(1, repeats + 1):
+        flowers.append(run_child(["_flower", "--config-json", config_json, "--engine",
+                                  "simulation"], f"{label}-flower-{attempt}", workdir, timeout))
+        for threads in sorted({args.plain_threads, 1}, reverse=True):
+            plains.setdefault(threads, []).append(run_child(
+                ["_plain", "--config-json", config_json, "--threads", str(threads)],
+                f"{label}-plain-{threads}t-{attempt}", workdir, timeout))
+    # The fastest of the repeats: the machine may be shared, and noise only ever adds time.
+    flower = min(flowers, key=lambda run: run["call_s"])
+    flower["all_call_s"] = [run["call_s"] for run in flowers]
+    plain = {}
+    for threads, runs in plains.items():
+        plain[threads] = min(runs, key=lambda run: run["total_s"])
+        plain[threads]["all_total_s"] = [run["total_s"] for run in runs]
     summary = flower["results"]
     flower_rounds = summary["rounds"]
     return {
@@ -579,6 +590,8 @@ def _overhead_row(num_devices: int, rounds: int, args: argparse.Namespace,
         "flower_call_s": flower["call_s"],
         "flower_loop_s": summary["final"]["total_wall_s"],
         "flower_device_compute_s": sum(r["timing"]["device_compute_s"] for r in flower_rounds),
+        "flower_device_compute_later_s": sum(r["timing"]["device_compute_s"]
+                                             for r in flower_rounds[1:]),
         "flower_exchange_s": sum(r["timing"]["exchange_s"] for r in flower_rounds),
         "flower_final_accuracy": summary["final"]["cloud_accuracy"],
         "flower_round1_s": flower_rounds[0]["wall_s"],
@@ -589,7 +602,8 @@ def _overhead_row(num_devices: int, rounds: int, args: argparse.Namespace,
 def part_overhead(args: argparse.Namespace, workdir: Path) -> None:
     """Flower simulation vs a plain PyTorch loop, same FedAvg computation."""
     print(f"overhead: FedAvg, {args.overhead_rounds} rounds at {args.devices} devices"
-          + ("" if args.skip_1000 else f", {args.rounds_1000} round(s) at 1000 devices"),
+          + ("" if args.skip_1000 else f", {args.rounds_1000} round(s) at 1000 devices "
+                                        "(1 if that runs out of time)"),
           flush=True)
     ray_startup: dict[str, Any] | None = None
     try:
@@ -603,11 +617,14 @@ def part_overhead(args: argparse.Namespace, workdir: Path) -> None:
     if args.skip_1000:
         not_run = "1,000 devices: not run (`--skip-1000`)."
     else:
-        try:
-            rows.append(_overhead_row(1000, args.rounds_1000, args, workdir))
-        except ChildFailed as exc:
-            not_run = f"1,000 devices: did not finish: {exc}".splitlines()[0]
-            print("  " + not_run, flush=True)
+        for rounds in dict.fromkeys((args.rounds_1000, 1)):
+            try:
+                rows.append(_overhead_row(1000, rounds, args, workdir))
+                break
+            except ChildFailed as exc:
+                failure = str(exc).splitlines()[0]
+                not_run += f"1,000 devices with {rounds} round(s) did not finish: {failure}. "
+                print(f"  {failure}", flush=True)
 
     table_rows = []
     detail_rows = []
@@ -631,8 +648,11 @@ def part_overhead(args: argparse.Namespace, workdir: Path) -> None:
             secs(row["flower_round1_s"]), secs(row["flower_later_round_s"]),
             secs(_mean_later(plain["rounds"])),
             f"{1000 * row['flower_device_compute_s'] / messages:.1f}",
+            (f"{1000 * row['flower_device_compute_later_s'] / (messages - row['devices']):.1f}"
+             if row["rounds"] > 1 else "-"),
             f"{1000 * plain['loop_s'] / messages:.1f}",
             secs(row["flower_exchange_s"]),
+            secs(row["flower"]["driver_cpu_s"]),
             f"{row['flower']['busy_cpus_during']:.2f}",
             pct(row["flower_final_accuracy"]), pct(plain_acc),
         ])
@@ -646,9 +666,11 @@ def part_overhead(args: argparse.Namespace, workdir: Path) -> None:
                 f" + shutdown {secs(ray_startup['shutdown_s'])} s = "
                 f"**{secs(ray_startup['total_s'])} s**." if ray_startup else
                 "Ray start-up on its own: the probe failed (see the log).")
-    thousand = (f"1,000 devices ran {args.rounds_1000} round(s) only, so its ratio spreads the "
-                "fixed start-up over fewer rounds than the other rows."
-                if any(r["devices"] >= 1000 for r in rows) else not_run)
+    big = [r for r in rows if r["devices"] >= 1000]
+    thousand = not_run or "1,000 devices: run, with the row's rounds, once (not repeated)."
+    if big and big[0]["rounds"] < args.overhead_rounds:
+        thousand += (" With fewer rounds than the other rows, its ratio spreads the fixed "
+                     "start-up over fewer rounds, so it is not comparable row by row.")
     cpus = os.cpu_count()
     markdown = "\n".join([
         "## Orchestration overhead: Flower simulation vs plain PyTorch, same FedAvg computation",
@@ -657,10 +679,12 @@ def part_overhead(args: argparse.Namespace, workdir: Path) -> None:
         f"local_epochs 1, batch {base.get('train', {}).get('batch_size', '-')}, lr "
         f"{base.get('train', {}).get('lr', '-')}, no device-side evaluation "
         "(`eval.devices=false`), one central evaluation on the full CIFAR-10 test set after the "
-        "last round in both. Flower: `flower_eec.simulation.run_simulation` (with `is_app=True`, "
-        f"see `run_on_ray`) on Ray: {cpus} CPUs, 1 CPU and 1 torch thread per ClientApp actor, "
+        "last round in both. Flower: `flower_eec.simulation.run_simulation` "
+        f"on Ray: {cpus} CPUs, 1 CPU and 1 torch thread per ClientApp actor, "
         f"so {cpus} actors train in parallel. Plain: one process, a loop over devices, run with "
-        f"{' and '.join(str(t) for t in threads)} torch thread(s); the faster counts. Same "
+        f"{' and '.join(str(t) for t in threads)} torch thread(s); the faster counts. Each "
+        f"measurement below 1,000 devices ran {max(1, args.repeat)} time(s), the fastest counts "
+        "(all times are in the JSON). Same "
         "initial weights and per-device seeds, so both compute the same model: compare the "
         "final accuracies below.",
         "",
@@ -685,20 +709,25 @@ def part_overhead(args: argparse.Namespace, workdir: Path) -> None:
         "",
         table(["devices", "rounds", "outside the loop s", "Flower round 1 s",
                "Flower later rounds s (mean)", "plain later rounds s (mean)",
-               "ClientApp compute per message ms", "plain per device-round ms",
-               "sum send_and_receive s", "CPUs busy (Flower run)", "Flower final acc %",
-               "plain final acc %"], detail_rows),
+               "ClientApp compute per message ms", "same, rounds >= 2 ms",
+               "plain per device-round ms",
+               "sum send_and_receive s", "driver process CPU s", "CPUs busy (Flower run)",
+               "Flower final acc %", "plain final acc %"], detail_rows),
         "",
         "`outside the loop` = simulation call minus in-run time (Ray start/stop, the "
         "ServerApp's data loading). `ClientApp compute per message` is each ClientApp's own "
         "measured time (config and data lookup, model build, weight loading, training) averaged "
-        "over all train messages; the plain loop's figure is its loop time per device and round. "
+        "over all train messages (round 1 includes each actor's imports and data loading); the "
+        "plain loop's figure is its loop time per device and round. "
+        "`driver process CPU s` is the CPU time of the process that called `run_simulation` "
+        "(ServerApp thread, the Simulation Engine's threads, the Ray driver; not the actors), "
+        "next to `Flower simulation s` wall time. "
         f"`CPUs busy` is the whole machine's mean use (of {cpus}) during the Flower run, "
         "this run included.",
     ])
     raw = {"environment": environment(), "ray_startup": ray_startup, "rows": rows,
            "not_run": not_run}
-    write_outputs("overhead", markdown, raw)
+    write_outputs("overhead", markdown, raw, Path(args.results_dir))
 
 
 # --------------------------------------------------------------------------------------------
@@ -712,6 +741,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("part", choices=[*PARTS, "all"])
     parser.add_argument("--data-root", default=default_data_root(),
                         help="folder with cifar10/ (default: $FLOWER_EEC_DATA or ../shared/data)")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR),
+                        help="where the .md and .json files go (default: benchmarks/results)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="accuracy: rounds (default: the cpu profile's, 20)")
     parser.add_argument("--engine", choices=("simulation", "local"), default="simulation",
@@ -725,8 +756,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="overhead: device counts run with --overhead-rounds")
     parser.add_argument("--subset", type=float, default=0.1,
                         help="overhead: fraction of CIFAR-10 training images shared out")
-    parser.add_argument("--rounds-1000", type=int, default=1,
+    parser.add_argument("--rounds-1000", type=int, default=5,
                         help="overhead: rounds of the 1,000-device run")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="overhead: runs of each measurement below 1,000 devices; the "
+                             "fastest counts (1,000 devices run once)")
     parser.add_argument("--skip-1000", action="store_true", help="overhead: no 1,000 devices")
     parser.add_argument("--plain-threads", type=int, default=os.cpu_count() or 1,
                         help="overhead: torch threads of the plain loop (1 is also measured)")

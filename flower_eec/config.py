@@ -331,7 +331,7 @@ def validate(config: Config) -> None:
     _choice("data.partition", d.partition, PARTITIONS)
     _check(0 < d.subset <= 1, "data.subset", d.subset, "a fraction in (0, 1]")
     _check(d.alpha > 0 and math.isfinite(d.alpha), "data.alpha", d.alpha, "a positive number")
-    _check(d.local_test_size >= 0, "data.local_test_size", d.local_test_size, ">= 0")
+    _check(d.local_test_size >= 1, "data.local_test_size", d.local_test_size, ">= 1")
     _check(t.num_devices >= 1, "topology.num_devices", t.num_devices, ">= 1")
     _check(1 <= t.num_edges <= t.num_devices, "topology.num_edges", t.num_edges,
            f"between 1 and topology.num_devices ({t.num_devices})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -115,8 +116,10 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder,
         if server_round == 0:
             return None
         last = server_round == config.train.rounds
+        started = time.perf_counter()
         metrics = (evaluate_fn(server_round, arrays)
                    if server_round % config.eval.every == 0 or last else None)
+        server_s = time.perf_counter() - started
         traffic, exchange_s = grid.drain()
         train = traffic.get("train", Traffic())
         devices: dict[str, Any] = {"participants": train.sent,
@@ -129,7 +132,7 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder,
             "comm_bytes": {
                 "cloud_to_device": sum(t.sent_bytes for t in traffic.values()),
                 "device_to_cloud": sum(t.received_bytes for t in traffic.values())},
-            "timing": _timing(traffic, exchange_s, 0.0),
+            "timing": _timing(traffic, exchange_s, server_s),
         })
         return metrics
 

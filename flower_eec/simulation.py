@@ -46,4 +46,5 @@ def run_simulation(config: Config, verbose: bool = False) -> None:
                         client_app=client_app, server_app=server_app,
                         backend_config=backend_config,  # type: ignore[arg-type]
                         server_app_context=context, app_dir=app_dir,
-                        verbose_logging=verbose)
+                        # without is_app, Flower gives the SuperNodes an empty run_config
+                        is_app=True, verbose_logging=verbose)

@@ -72,16 +72,19 @@ def test_flwr_run_smoke(tmp_path: Path) -> None:
 
 
 def test_cli_run_fedavg_on_ray(tmp_path: Path) -> None:
-    """`flower-eec run` on the Simulation Engine (Ray) writes the results folder."""
+    """`flower-eec run` on the Simulation Engine (Ray): every device gets the run's config."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "flower_eec.cli", "run", "examples/fedavg.yaml",
-               "profile=smoke", "--out", str(out)]
+               "profile=smoke", "topology.num_devices=6", "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, env=_flower_env(tmp_path / "home"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
     assert summary["method"] == "fedavg"
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    # 6 devices, more than the default config's 4: devices read the run's config, not defaults
+    assert all(r["devices"] == {**r["devices"], "participants": 6, "failures": 0}
+               for r in summary["rounds"])
     assert all(r["comm_bytes"]["device_to_cloud"] > 0 for r in summary["rounds"])
 
 

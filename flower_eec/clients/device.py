@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from flower_eec.config import Config, from_run_config
 from flower_eec.data.federated import FederatedData, federated_data
+from flower_eec.errors import ConfigError
 from flower_eec.learning import evaluate, train_epochs
 from flower_eec.models import build_model
 from flower_eec.topology import device_models
@@ -26,9 +27,16 @@ def _config(key: tuple[tuple[str, object], ...]) -> Config:
 
 def device_setup(context: Context) -> tuple[Config, FederatedData, int]:
     """The run's config, its federated data and this device's index (its ``partition-id``)."""
+    if not context.run_config:
+        raise ConfigError("this ClientApp received an empty run_config; run it with `flwr run .` "
+                          "from the project root, `flower-eec run`, or give LocalGrid a run_config")
     config = _config(tuple(sorted(context.run_config.items())))
     torch.set_num_threads(config.simulation.torch_threads)
-    return config, federated_data(config), int(context.node_config["partition-id"])
+    device = int(context.node_config["partition-id"])  # type: ignore[arg-type]
+    if not 0 <= device < config.topology.num_devices:
+        raise ConfigError(f"this node's partition-id is {device} but topology.num_devices is "
+                          f"{config.topology.num_devices}: run with as many SuperNodes as devices")
+    return config, federated_data(config), device
 
 
 def device_model_name(config: Config, device: int) -> str:
