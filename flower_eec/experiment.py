@@ -105,11 +105,12 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder,
     """Flat FedAvg: Flower's own strategy over all devices, recorded round by round."""
     num_devices = config.topology.num_devices
     wait_for_nodes(grid, num_devices, config.simulation.node_wait)
-    device_eval: dict[int, MetricRecord] = {}
+    # FedAvg aggregates the devices' evaluation just before calling evaluate_fn in the same round
+    device_eval: list[MetricRecord] = []
 
     def evaluate_aggr(records: list[RecordDict], key: str) -> MetricRecord:
         metrics = aggregate_metricrecords(records, key)
-        device_eval[len(recorder.rounds) + 1] = metrics
+        device_eval.append(metrics)
         return metrics
 
     def on_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -124,9 +125,10 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder,
         train = traffic.get("train", Traffic())
         devices: dict[str, Any] = {"participants": train.sent,
                                    "failures": train.sent - train.replies + train.errors}
-        if server_round in device_eval:
-            devices["mean_local_accuracy"] = device_eval[server_round].get("accuracy")
-            devices["mean_local_loss"] = device_eval[server_round].get("loss")
+        if device_eval:
+            local = device_eval.pop()
+            devices["mean_local_accuracy"] = local.get("accuracy")
+            devices["mean_local_loss"] = local.get("loss")
         recorder.add_round({
             "round": server_round, "cloud": dict(metrics or {}), "devices": devices,
             "comm_bytes": {

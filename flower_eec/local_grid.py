@@ -61,6 +61,7 @@ class LocalGrid(Grid):
         ids = []
         for message in messages:
             message_id = f"m{next(self._ids)}"
+            # Metadata has no setter for the id that a SuperLink would assign
             message.metadata.__dict__["_message_id"] = message_id
             ids.append(message_id)
             if not self.drop(message):

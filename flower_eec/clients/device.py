@@ -42,10 +42,15 @@ def device_setup(context: Context) -> tuple[Config, FederatedData, int]:
 def device_model_name(config: Config, device: int) -> str:
     """The zoo model this device carries."""
     m = config.model
-    names = device_models(config.topology.num_devices, m.device,
-                          large_model=m.large_device or None, large_fraction=m.large_fraction,
-                          seed=config.seed)
-    return names[device]
+    return _device_models(config.topology.num_devices, m.device, m.large_device,
+                          m.large_fraction, config.seed)[device]
+
+
+@lru_cache(maxsize=4)
+def _device_models(num_devices: int, model: str, large_model: str, large_fraction: float,
+                   seed: int) -> list[str]:
+    return device_models(num_devices, model, large_model=large_model or None,
+                         large_fraction=large_fraction, seed=seed)
 
 
 def build_device_model(config: Config, data: FederatedData, name: str) -> torch.nn.Module:

@@ -110,6 +110,7 @@ class Hierarchical(Strategy):
         else:
             self.edges = {g: edge(g) for g in groups}
         self.node_of: dict[int, int] = {}
+        self.device_of: dict[int, int] = {}
         self.edge_arrays: dict[int, ArrayRecord] = {}
         self.reference = ArrayRecord()
 
@@ -177,7 +178,7 @@ class Hierarchical(Strategy):
         return by_group
 
     def _fail(self, report: RoundReport, node: int, reason: str) -> None:
-        device = next((d for d, n in self.node_of.items() if n == node), node)
+        device = self.device_of.get(node, node)
         report.failures += 1
         report.failure_reasons[device] = reason
         log(WARNING, "Device %s failed this round: %s", device, reason)
@@ -235,6 +236,7 @@ class Hierarchical(Strategy):
         evaluate_config = evaluate_config or ConfigRecord()
         node_ids = wait_for_nodes(grid, self.topology.num_devices, self.node_wait)
         self.node_of = discover(grid, node_ids, timeout=min(timeout, 120.0))
+        self.device_of = {node: device for device, node in self.node_of.items()}
         self.reference = initial_arrays
         result = Result(arrays=initial_arrays)
         cloud = initial_arrays
