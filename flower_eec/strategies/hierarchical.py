@@ -238,6 +238,7 @@ class Hierarchical(Strategy):
         self.node_of = discover(grid, node_ids, timeout=min(timeout, 120.0))
         self.device_of = {node: device for device, node in self.node_of.items()}
         self.reference = initial_arrays
+        self.setup(grid, timeout)
         result = Result(arrays=initial_arrays)
         cloud = initial_arrays
         for server_round in range(1, num_rounds + 1):
@@ -256,6 +257,12 @@ class Hierarchical(Strategy):
                 self.on_round(report)
         return result
 
+    def setup(self, grid: Grid, timeout: float) -> None:
+        """Called once after the devices are discovered, before round 1 (nothing to do here).
+
+        Methods that need something from every device first (FedAgg: its embeddings) override it.
+        """
+
     def _cloud_round(self, grid: Grid, server_round: int, cloud: ArrayRecord,
                      config: ConfigRecord, timeout: float, report: RoundReport
                      ) -> tuple[ArrayRecord, MetricRecord | None]:
@@ -266,33 +273,55 @@ class Hierarchical(Strategy):
         metrics: list[MetricRecord] = []
         for step in range(self.edge_rounds):
             edge_round = (server_round - 1) * self.edge_rounds + step + 1
-            messages, group_of = self._configure(
-                "train", edge_round, view, lambda g: self.edge_arrays[g], config, grid)
-            if not messages:
-                continue
-            replies = list(grid.send_and_receive(messages, timeout=timeout))
-            report.count(messages, replies, group_of)
-            started = time.perf_counter()
-            by_group = self._split(
-                replies, group_of, report,
-                lambda reply, g: train_reply_problem(reply, self.reference,
-                                                     self.weighted_by_key))
-            metrics = self._aggregate_edges(edge_round, by_group, examples)
-            report.server_s += time.perf_counter() - started
+            metrics = self._edge_round(grid, edge_round, view, config, timeout, report,
+                                       examples)
         started = time.perf_counter()
-        contributing = [g for g in examples if examples[g] > 0]
         report.edges = [{"edge": g, "examples": examples.get(g, 0.0)}
                         for g in range(self.topology.num_edges)]
+        contributing = {g: n for g, n in examples.items() if n > 0}
         if contributing:
-            report.add("edge_to_cloud", sum(self.edge_arrays[g].count_bytes()
-                                            for g in contributing if g != CLOUD_DIRECT))
-            cloud = weighted_average([self.edge_arrays[g] for g in contributing],
-                                     [examples[g] for g in contributing])
-        online_edges = int(view.edge_online.sum())
-        report.add("cloud_to_edge", cloud.count_bytes() * online_edges)
+            cloud = self.aggregate_cloud(server_round, cloud, contributing, report)
         report.server_s += time.perf_counter() - started
         merged = mean_records(metrics, [1.0] * len(metrics)) if metrics else None
         return cloud, merged
+
+    def _edge_round(self, grid: Grid, edge_round: int, view: RoundTopology,
+                    config: ConfigRecord, timeout: float, report: RoundReport,
+                    examples: dict[int, float]) -> list[MetricRecord]:
+        """Configure every edge, one ``send_and_receive``, check the replies, aggregate per edge."""
+        messages, group_of = self._configure(
+            "train", edge_round, view, lambda g: self.edge_arrays[g], config, grid)
+        if not messages:
+            return []
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        report.count(messages, replies, group_of)
+        started = time.perf_counter()
+        by_group = self._split(replies, group_of, report, self.reply_problem)
+        metrics = self._aggregate_edges(edge_round, by_group, examples)
+        report.server_s += time.perf_counter() - started
+        return metrics
+
+    def reply_problem(self, reply: Message, group: int) -> str | None:
+        """Why a device's train reply cannot be aggregated by its edge, or None when it can.
+
+        Override for methods whose replies carry something other than the model's arrays.
+        """
+        return train_reply_problem(reply, self.reference, self.weighted_by_key)
+
+    def aggregate_cloud(self, server_round: int, cloud: ArrayRecord,
+                        examples: dict[int, float], report: RoundReport) -> ArrayRecord:
+        """The cloud step: the new cloud model from the edges that trained this round.
+
+        HierFAVG's: the edge models averaged, weighted by the examples beneath each edge
+        (``examples``: group -> examples, only groups with some). Override for other methods.
+        """
+        report.add("edge_to_cloud", sum(self.edge_arrays[g].count_bytes()
+                                        for g in examples if g != CLOUD_DIRECT))
+        cloud = weighted_average([self.edge_arrays[g] for g in examples],
+                                 [examples[g] for g in examples])
+        online_edges = int(self.topology.at_round(server_round).edge_online.sum())
+        report.add("cloud_to_edge", cloud.count_bytes() * online_edges)
+        return cloud
 
     def _evaluate(self, grid: Grid, server_round: int, cloud: ArrayRecord,
                   config: ConfigRecord, timeout: float, evaluate_fn: EvaluateFn | None,
