@@ -73,3 +73,19 @@ def test_fraction_outside_zero_one_is_refused(fraction: float) -> None:
 def test_non_integer_labels_are_refused() -> None:
     with pytest.raises(DataError, match="integer"):
         holdout_split(np.array([0.0, 1.0]), 0.5)
+
+
+def test_no_device_receives_a_held_out_image() -> None:
+    from flower_eec.config import resolve
+    from flower_eec.data.federated import federated_data
+
+    config = resolve(None, {"data": {"holdout": 0.2, "subset": 0.5}, "topology": {
+        "num_devices": 5, "num_edges": 1}})
+    data = federated_data(config)
+    devices = np.concatenate(data.train_indices)
+    public, _ = holdout_split(data.dataset.y_train, 0.2)
+    assert np.array_equal(data.public, public)
+    assert np.intersect1d(devices, data.public).size == 0
+    # the subset is taken from the private rest: half of the 80% that remains
+    assert len(devices) == pytest.approx(0.5 * 0.8 * len(data.dataset.y_train), abs=10)
+    assert len(data.public_train()) == len(public)

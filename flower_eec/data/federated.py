@@ -14,17 +14,27 @@ import torch
 from flower_eec.config import Config
 from flower_eec.data import load_dataset
 from flower_eec.data.dataset import Dataset
-from flower_eec.data.partition import local_test_split, partition, stratified_subset
+from flower_eec.data.partition import (
+    holdout_split,
+    local_test_split,
+    partition,
+    stratified_subset,
+)
 from flower_eec.learning import Images
 
 
 @dataclass(frozen=True)
 class FederatedData:
-    """A dataset split over ``num_devices`` devices; the global test set stays whole."""
+    """A dataset split over ``num_devices`` devices; the global test set stays whole.
+
+    ``public`` indexes the held-out public slice of the training set (``data.holdout``) that no
+    device receives: the data a server may own (the bridge's training set, ECLM's cloud data).
+    """
 
     dataset: Dataset
     train_indices: tuple[np.ndarray, ...]
     test_indices: tuple[np.ndarray, ...]
+    public: np.ndarray
 
     def device_train(self, device: int) -> Images:
         """Device ``device``'s private training examples."""
@@ -37,6 +47,10 @@ class FederatedData:
         return self._images(
             self.dataset.x_test, self.dataset.y_test, self.test_indices[device]
         )
+
+    def public_train(self) -> Images:
+        """The held-out public slice of the training set (empty when ``data.holdout`` is 0)."""
+        return self._images(self.dataset.x_train, self.dataset.y_train, self.public)
 
     def global_test(self) -> Images:
         """The whole test set."""
@@ -62,6 +76,7 @@ def federated_data(config: Config) -> FederatedData:
         d.root,
         d.verify,
         d.subset,
+        d.holdout,
         d.partition,
         d.alpha,
         d.classes_per_device,
@@ -80,6 +95,7 @@ def _build(
     root: str,
     verify: bool,
     subset: float,
+    holdout: float,
     scheme: str,
     alpha: float,
     classes_per_device: int,
@@ -96,9 +112,9 @@ def _build(
         else {}
     )
     dataset = load_dataset(name, root or None, verify=verify, seed=seed, **options)
-    pool = np.arange(len(dataset.y_train))
+    public, pool = holdout_split(dataset.y_train, holdout)
     if subset < 1.0:
-        pool = stratified_subset(dataset.y_train, subset, seed)
+        pool = pool[stratified_subset(dataset.y_train[pool], subset, seed)]
     shards = partition(
         dataset.y_train[pool],
         num_devices,
@@ -115,4 +131,4 @@ def _build(
         )
         for k, idx in enumerate(train)
     )
-    return FederatedData(dataset, train, test)
+    return FederatedData(dataset, train, test, public)
