@@ -18,12 +18,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flower_eec.errors import ConfigError
 
-METHODS = ("fedavg", "hierfavg")
+METHODS = ("fedavg", "hierfavg", "fedagg")
 PROFILES_NAMES = ("smoke", "cpu", "paper")
 DATASETS = ("synthetic", "cifar10", "mnist")
 PARTITIONS = ("dirichlet", "iid", "pathological")
 ASSIGNMENTS = ("contiguous", "round_robin", "random")
 ORPHANS = ("skip", "cloud")
+SCHEDULES = ("parallel", "sequential")
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -109,6 +110,26 @@ class SimulationConfig:
 
 
 @dataclass
+class FedAggConfig:
+    """FedAgg's BSBODP (paper: T=3, beta=10, gamma=1; the official code's devices: beta_leaf=1).
+
+    ``fidelity`` reproduces the official demo where its defects change results (BatchNorm in
+    training mode for teacher logits and testing, bridge samples in [0, 1], frozen augmentation).
+    ``bridge_weights`` is a weights JSON of ``scripts/train_bridge.py``; empty takes the shipped
+    CIFAR-10 bridge.
+    """
+
+    T: float = 3.0
+    beta: float = 10.0
+    beta_leaf: float = 1.0
+    gamma: float = 1.0
+    schedule: str = "parallel"
+    fidelity: bool = False
+    fp16: bool = False
+    bridge_weights: str = ""
+
+
+@dataclass
 class Config:
     """Everything one run needs; every field has a default."""
 
@@ -122,6 +143,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    fedagg: FedAggConfig = field(default_factory=FedAggConfig)
 
 
 # Shared by every method so that methods are compared on the same data, topology and budget.
@@ -368,3 +390,24 @@ def validate(config: Config) -> None:
     _check(sim.client_gpus >= 0, "simulation.client_gpus", sim.client_gpus, ">= 0")
     _check(sim.node_wait > 0, "simulation.node_wait", sim.node_wait, "> 0 seconds")
     _check(config.simulation.timeout > 0, "simulation.timeout", config.simulation.timeout, "> 0")
+    if config.method == "fedagg":
+        _validate_fedagg(config)
+
+
+def _validate_fedagg(config: Config) -> None:
+    f = config.fedagg
+    _check(f.T > 0, "fedagg.T", f.T, "> 0")
+    for key in ("beta", "beta_leaf", "gamma"):
+        _check(getattr(f, key) >= 0, f"fedagg.{key}", getattr(f, key), ">= 0")
+    _choice("fedagg.schedule", f.schedule, SCHEDULES)
+    if f.bridge_weights:
+        _check(Path(f.bridge_weights).is_file(), "fedagg.bridge_weights", f.bridge_weights,
+               "a weights JSON written by scripts/train_bridge.py (or empty for the shipped one)")
+    elif config.data.dataset == "mnist":
+        raise ConfigError("fedagg ships a bridge autoencoder for 3-channel 32x32 images only; for "
+                          "MNIST train one with scripts/train_bridge.py and set "
+                          "fedagg.bridge_weights to its file")
+    elif config.data.dataset == "cifar10" and config.data.holdout < 0.1:
+        raise ConfigError(f"data.holdout is {config.data.holdout}, but the shipped bridge was "
+                          "trained on the held-out 10% of CIFAR-10's training set: set "
+                          "data.holdout=0.1 (or more) so that no device holds an image it saw")

@@ -15,12 +15,14 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from flower_eec.clients.device import build_device_model
+from flower_eec.clients.fedagg import bridge_of
 from flower_eec.config import Config
 from flower_eec.data.federated import FederatedData, federated_data
 from flower_eec.errors import ConfigError
 from flower_eec.learning import evaluate, torch_device
 from flower_eec.results import Recorder
 from flower_eec.strategies.discovery import wait_for_nodes
+from flower_eec.strategies.fedagg import FedAgg
 from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
 from flower_eec.topology import Topology
@@ -37,15 +39,25 @@ def results_dir(config: Config) -> Path:
     return Path.cwd() / "results" / f"{config.method}-{config.profile}-{stamp}"
 
 
-def central_evaluator(config: Config, data: FederatedData, model_name: str) -> EvaluateFn:
-    """Evaluate arrays of ``model_name`` on the whole global test set, on the server's device."""
+def central_evaluator(config: Config, data: FederatedData, model_names: list[str]) -> EvaluateFn:
+    """Evaluate arrays on the whole global test set, on the server's device.
+
+    The arrays may belong to any of ``model_names`` (FedAgg's tiers differ): the model whose
+    state dict has the same keys and shapes is used.
+    """
     device = torch_device(config.simulation.torch_device)
-    model = build_device_model(config, data, model_name).to(device)
+    models = [build_device_model(config, data, name).to(device)
+              for name in dict.fromkeys(model_names)]
+    signatures = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
     test = data.global_test()
+    fidelity = config.method == "fedagg" and config.fedagg.fidelity
+    batch_size = config.train.batch_size if fidelity else config.eval.batch_size
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        shapes = {k: tuple(v.shape) for k, v in arrays.items()}
+        model = models[signatures.index(shapes)]
         model.load_state_dict(arrays.to_torch_state_dict())
-        return MetricRecord(dict[str, Any](evaluate(model, test, config.eval.batch_size)))
+        return MetricRecord(dict[str, Any](evaluate(model, test, batch_size, bn_train=fidelity)))
 
     return evaluate_fn
 
@@ -72,9 +84,8 @@ def _timing(traffic: dict[str, Traffic], exchange_s: float, server_s: float) -> 
             "device_compute_s": round(sum(t.device_compute_s for t in traffic.values()), 3)}
 
 
-def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder,
-                 evaluate_fn: EvaluateFn, initial: ArrayRecord) -> None:
-    """HierFAVG: Flower's FedAvg at every edge under the ``Hierarchical`` cloud tier."""
+def _round_recorder(grid: MeteredGrid, recorder: Recorder) -> Callable[[RoundReport], None]:
+    """The ``on_round`` hook of hierarchical methods: one results row per cloud round."""
 
     def on_round(report: RoundReport) -> None:
         traffic, exchange_s = grid.drain()
@@ -90,14 +101,53 @@ def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder,
             "timing": _timing(traffic, exchange_s, report.server_s),
         })
 
-    strategy = HierFedAvg(topology=build_topology(config), edge_rounds=config.train.edge_rounds,
-                          evaluate_devices=config.eval.devices, evaluate_edges=config.eval.edges,
-                          evaluate_every=config.eval.every, on_round=on_round,
-                          node_wait=config.simulation.node_wait)
+    return on_round
+
+
+def _hierarchical_options(config: Config, grid: MeteredGrid, recorder: Recorder
+                          ) -> dict[str, Any]:
+    return {"topology": build_topology(config), "evaluate_edges": config.eval.edges,
+            "evaluate_every": config.eval.every, "on_round": _round_recorder(grid, recorder),
+            "node_wait": config.simulation.node_wait}
+
+
+def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder,
+                 evaluate_fn: EvaluateFn, initial: ArrayRecord) -> None:
+    """HierFAVG: Flower's FedAvg at every edge under the ``Hierarchical`` cloud tier."""
+    strategy = HierFedAvg(edge_rounds=config.train.edge_rounds,
+                          evaluate_devices=config.eval.devices,
+                          **_hierarchical_options(config, grid, recorder))
     strategy.start(grid, initial, num_rounds=config.train.rounds,
                    timeout=config.simulation.timeout,
                    train_config=ConfigRecord({"lr": config.train.lr}),
                    evaluate_fn=evaluate_fn)
+
+
+def run_fedagg(config: Config, grid: MeteredGrid, recorder: Recorder,
+               evaluate_fn: EvaluateFn, initial: ArrayRecord) -> None:
+    """FedAgg: a ``BridgeEdge`` (its own model) per edge under the cloud's ``FedAgg`` tier."""
+    data = federated_data(config)
+    device = torch_device(config.simulation.torch_device)
+    f, t, m = config.fedagg, config.train, config.model
+    cloud_model = build_device_model(config, data, m.cloud).to(device)
+    cloud_model.load_state_dict(initial.to_torch_state_dict())
+
+    def edge_model(edge: int) -> torch.nn.Module:
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed * 1_000 + edge + 1)
+            return build_device_model(config, data, m.edge).to(device)
+
+    d = data.dataset
+    strategy = FedAgg(
+        cloud_model=cloud_model, edge_model=edge_model, bridge=bridge_of(f.bridge_weights),
+        mean=d.mean, std=d.std, T=f.T, beta=f.beta, lr=t.lr, momentum=t.momentum,
+        weight_decay=t.weight_decay, batch_size=t.batch_size, schedule=f.schedule,
+        fidelity=f.fidelity, fp16=f.fp16, num_classes=d.num_classes,
+        embedding_shape=(4, d.x_train.shape[2] // 4, d.x_train.shape[3] // 4),
+        logits_batch=config.eval.batch_size, seed=config.seed, torch_device=device,
+        **_hierarchical_options(config, grid, recorder))
+    strategy.start(grid, initial, num_rounds=t.rounds, timeout=config.simulation.timeout,
+                   train_config=ConfigRecord({"lr": t.lr}), evaluate_fn=evaluate_fn)
 
 
 def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder,
@@ -148,16 +198,20 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder,
                    evaluate_fn=on_evaluate)
 
 
-METHODS = {"fedavg": run_fedavg, "hierfavg": run_hierfavg}
+METHODS = {"fedavg": run_fedavg, "hierfavg": run_hierfavg, "fedagg": run_fedagg}
 
 
 def run(grid: Grid, config: Config) -> dict[str, Any]:
     """Run ``config.method`` on ``grid``; write and return the results."""
     torch.manual_seed(config.seed)
     data = federated_data(config)
-    model_name = _shared_model(config)
+    if config.method == "fedagg":
+        cloud, tiers = config.model.cloud, [config.model.edge, config.model.cloud]
+    else:
+        cloud = _shared_model(config)
+        tiers = [cloud]
     recorder = Recorder(config, results_dir(config))
-    evaluate_fn = central_evaluator(config, data, model_name)
-    initial = ArrayRecord(build_device_model(config, data, model_name).state_dict())
+    evaluate_fn = central_evaluator(config, data, tiers)
+    initial = ArrayRecord(build_device_model(config, data, cloud).state_dict())
     METHODS[config.method](config, MeteredGrid(grid), recorder, evaluate_fn, initial)
     return recorder.finish()

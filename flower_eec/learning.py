@@ -66,10 +66,15 @@ def train_epochs(model: nn.Module, data: Images, *, epochs: int, batch_size: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Images, batch_size: int = 500) -> dict[str, float]:
-    """Mean cross-entropy and accuracy in eval mode (BatchNorm uses its running statistics)."""
+def evaluate(model: nn.Module, data: Images, batch_size: int = 500,
+             bn_train: bool = False) -> dict[str, float]:
+    """Mean cross-entropy and accuracy in eval mode (BatchNorm uses its running statistics).
+
+    ``bn_train`` tests with BatchNorm in training mode instead (batch statistics), as FedAgg's
+    official demo does; kept for its fidelity mode only.
+    """
     device = next(model.parameters()).device
-    model.eval()
+    model.train(bn_train)
     loss_sum, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
         x = normalise(data.x[start:start + batch_size], data.mean, data.std).to(device)

@@ -4,6 +4,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from flower_eec import clients
+from flower_eec.clients import fedagg
 
 app = ClientApp()
 
@@ -14,13 +15,21 @@ def describe(msg: Message, context: Context) -> Message:
     return clients.describe(msg, context)
 
 
+@app.query("embed")
+def embed(msg: Message, context: Context) -> Message:
+    """FedAgg: send the bridge codes of the device's training images."""
+    return fedagg.embed(msg, context)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train locally from the received weights."""
+    """Train locally: from received weights, or (FedAgg) from a teacher's logits."""
+    if fedagg.TEACHER in msg.content.array_records:
+        return fedagg.train(msg, context)
     return clients.train(msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received weights on the local test split."""
+    """Evaluate the received weights, or the model the device keeps, on its local test split."""
     return clients.evaluate_local(msg, context)

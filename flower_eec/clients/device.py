@@ -19,6 +19,8 @@ from flower_eec.learning import evaluate, train_epochs
 from flower_eec.models import build_model
 from flower_eec.topology import device_models
 
+MODEL_STATE = "model"  # context.state key of the model a device keeps between rounds
+
 
 @lru_cache(maxsize=4)
 def _config(key: tuple[tuple[str, object], ...]) -> Config:
@@ -59,6 +61,22 @@ def build_device_model(config: Config, data: FederatedData, name: str) -> torch.
     return build_model(name, data.dataset.num_classes, data.dataset.in_channels, **options)
 
 
+def own_model(config: Config, data: FederatedData, device: int,
+              context: Context) -> torch.nn.Module:
+    """The model this device keeps in ``context.state``; the first time, a seeded fresh one."""
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed * 1_000_003 + device)
+        model = build_device_model(config, data, device_model_name(config, device))
+    if MODEL_STATE in context.state.array_records:
+        model.load_state_dict(context.state.array_records[MODEL_STATE].to_torch_state_dict())
+    return model
+
+
+def keep_model(context: Context, model: torch.nn.Module) -> None:
+    """Store the device's model for its next message."""
+    context.state[MODEL_STATE] = ArrayRecord(model.state_dict())
+
+
 def describe(msg: Message, context: Context) -> Message:
     """Reply with the device's index, data sizes and model name."""
     config, data, device = device_setup(context)
@@ -72,7 +90,10 @@ def describe(msg: Message, context: Context) -> Message:
 
 
 def _load(msg: Message, context: Context) -> tuple[Config, FederatedData, int, torch.nn.Module]:
+    """The received weights in the device's model, or the model it keeps when none are sent."""
     config, data, device = device_setup(context)
+    if not msg.content.array_records:
+        return config, data, device, own_model(config, data, device, context)
     model = build_device_model(config, data, device_model_name(config, device))
     arrays = next(iter(msg.content.array_records.values()))
     model.load_state_dict(arrays.to_torch_state_dict())
@@ -106,9 +127,13 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def evaluate_local(msg: Message, context: Context) -> Message:
-    """Accuracy and loss of the received weights on the device's local test split."""
+    """Accuracy and loss on the device's local test split of the received weights, or, when none
+    are sent, of the model the device keeps (FedAgg)."""
     config, data, device, model = _load(msg, context)
     local = data.device_test(device)
-    metrics: dict[str, Any] = evaluate(model, local, config.eval.batch_size)
+    fidelity = config.method == "fedagg" and config.fedagg.fidelity
+    metrics: dict[str, Any] = evaluate(
+        model, local, config.train.batch_size if fidelity else config.eval.batch_size,
+        bn_train=fidelity)
     metrics["num-examples"] = len(local)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -289,8 +289,10 @@ class Hierarchical(Strategy):
                     config: ConfigRecord, timeout: float, report: RoundReport,
                     examples: dict[int, float]) -> list[MetricRecord]:
         """Configure every edge, one ``send_and_receive``, check the replies, aggregate per edge."""
+        started = time.perf_counter()
         messages, group_of = self._configure(
             "train", edge_round, view, lambda g: self.edge_arrays[g], config, grid)
+        report.server_s += time.perf_counter() - started
         if not messages:
             return []
         replies = list(grid.send_and_receive(messages, timeout=timeout))

@@ -1,0 +1,93 @@
+"""One direction of FedAgg's BSBODP: teacher logits on bridge samples, a student's pass.
+
+FedAgg: Wu et al., "Agglomerative Federated Learning", IEEE INFOCOM 2024, arXiv 2312.11489.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flower_eec.losses import leaf_loss, nonleaf_loss
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """The settings of a distillation pass.
+
+    Attributes:
+        T: Temperature (paper: 3).
+        beta: Weight of the KD term (paper: 10 for edges and cloud; the official code's devices: 1).
+        lr: SGD learning rate; a fresh optimiser serves every pass, as in the official code.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        batch_size: Mini-batch size.
+        skr: Distil towards FedEEC's rectified target instead of the teacher's softmax.
+    """
+
+    T: float = 3.0
+    beta: float = 10.0
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    skr: bool = False
+
+
+@torch.no_grad()
+def logits_on(model: nn.Module, samples: torch.Tensor, batch_size: int,
+              bn_train: bool = False) -> torch.Tensor:
+    """A model's logits on ``samples``, computed once without autograd, returned on the CPU.
+
+    ``bn_train`` keeps BatchNorm in training mode (batch statistics, running stats updated), as
+    the official demo does; the default uses the running statistics.
+    """
+    device = next(model.parameters()).device
+    model.train(bn_train)
+    parts = [model(samples[start:start + batch_size].to(device)).float().cpu()
+             for start in range(0, len(samples), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, 0)
+
+
+def distil_pass(student: nn.Module, samples: torch.Tensor, labels: torch.Tensor,
+                teacher: torch.Tensor, settings: Distillation, *,
+                real: torch.Tensor | None = None, gamma: float = 0.0, shuffle: bool = True,
+                generator: torch.Generator | None = None) -> dict[str, float]:
+    """One pass of ``student`` over the bridge samples, learning from fixed teacher logits.
+
+    Without ``real`` this is the non-leaf loss (edge, cloud). With ``real`` (the device's own
+    normalised, augmented images, row ``i`` the image whose code gave bridge sample ``i``) it is
+    the leaf loss: each batch adds ``gamma * CE`` on the same rows of ``real``.
+
+    Returns:
+        The mean loss and the accuracy on the bridge samples over the pass.
+    """
+    device = next(student.parameters()).device
+    optimiser = torch.optim.SGD(student.parameters(), lr=settings.lr,
+                                momentum=settings.momentum, weight_decay=settings.weight_decay)
+    student.train()
+    n = len(samples)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    seen, loss_sum, correct = 0, 0.0, 0
+    for start in range(0, n, settings.batch_size):
+        index = order[start:start + settings.batch_size]
+        if len(index) < 2 and n >= 2:
+            continue  # BatchNorm cannot train on a single example
+        x, y = samples[index].to(device), labels[index].to(device)
+        z = teacher[index].to(device)
+        logits = student(x)
+        if real is None:
+            loss = nonleaf_loss(logits, y, z, settings.T, settings.beta, skr=settings.skr)
+        else:
+            logits_real = student(real[index].to(device))
+            loss = leaf_loss(logits, y, z, settings.T, settings.beta, gamma, logits_real, y,
+                             skr=settings.skr)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        seen += len(index)
+        loss_sum += float(loss.detach()) * len(index)
+        correct += int((logits.argmax(1) == y).sum())
+    return {"distil_loss": loss_sum / max(seen, 1), "bridge_accuracy": correct / max(seen, 1)}

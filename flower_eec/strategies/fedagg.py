@@ -1,0 +1,423 @@
+"""FedAgg: agglomerative end-edge-cloud FL, models growing from device to edge to cloud (BSBODP).
+
+Wu et al., "Agglomerative Federated Learning: Empowering Larger Model Training via End-Edge-Cloud
+Collaboration", IEEE INFOCOM 2024, https://arxiv.org/abs/2312.11489
+
+No weights travel: every node keeps its own model, and each parent-child pair distils both ways
+on the bridge samples of the child's sub-tree (the child's devices' decoded codes).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Sequence
+from logging import INFO
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from flower_eec.bridge_store import BridgeStore
+from flower_eec.bsbodp import Distillation, distil_pass, logits_on
+from flower_eec.clients.fedagg import EMBEDDINGS, LOGITS, TEACHER, logits_limit
+from flower_eec.errors import PayloadError
+from flower_eec.models.bridge import BridgeAutoencoder
+from flower_eec.payloads import (
+    LogitsPayload,
+    embeddings_from_record,
+    logits_from_record,
+    payload_bytes,
+    to_record,
+)
+from flower_eec.strategies.edge_grid import EdgeGrid
+from flower_eec.strategies.hierarchical import (
+    CLOUD_DIRECT,
+    Hierarchical,
+    RoundReport,
+    mean_metrics,
+    mean_records,
+)
+from flower_eec.strategies.replies import metric_problem
+from flower_eec.topology import RoundTopology, Topology
+
+EMBED = "query.embed"
+
+
+def state_record(model: nn.Module) -> ArrayRecord:
+    """A model's weights and buffers as an ArrayRecord (copied to the CPU)."""
+    return ArrayRecord(model.state_dict())
+
+
+def wire(logits: torch.Tensor, fp16: bool) -> tuple[torch.Tensor, int]:
+    """Logits as the receiver gets them (float16-rounded when ``fp16``) and their bytes."""
+    record = to_record(LogitsPayload(logits.numpy()), fp16=fp16)
+    received = logits.half().float() if fp16 else logits
+    return received, payload_bytes(record)
+
+
+class BridgeEdge(Strategy):
+    """A parent of devices in FedAgg: an edge (or the cloud, for devices attached to it directly).
+
+    It keeps its own model. ``configure_train`` computes its logits once, without autograd, on
+    the bridge samples of the devices it is given and sends each device its rows;
+    ``aggregate_train`` distils from each device's returned logits, one pass per device in
+    device order. It never sends weights.
+
+    Parameters
+    ----------
+    model : nn.Module
+        This parent's model, on the server's torch device.
+    store : BridgeStore
+        Everyone's bridge samples (shared with the cloud; the edge uses its devices' part).
+    settings : Distillation
+        The non-leaf loss settings (T, beta) and the optimiser of each pass.
+    device_of : dict[int, int]
+        Node id -> device index, shared with ``FedAgg`` (filled after discovery).
+    num_classes : int
+        Logits per bridge sample.
+    fp16 : bool (default: False)
+        Send logits as float16.
+    fidelity : bool (default: False)
+        The official demo's BatchNorm in training mode for logits, and unshuffled passes.
+    logits_batch : int (default: 500)
+        Batch size of the no-grad logits pass (``settings.batch_size`` under ``fidelity``).
+    seed : int (default: 0)
+        Seeds the order of each pass.
+    """
+
+    def __init__(self, model: nn.Module, store: BridgeStore, settings: Distillation,
+                 device_of: dict[int, int], num_classes: int, fp16: bool = False,
+                 fidelity: bool = False, logits_batch: int = 500, seed: int = 0) -> None:
+        self.model = model
+        self.num_classes = num_classes
+        self.store = store
+        self.settings = settings
+        self.device_of = device_of
+        self.fp16 = fp16
+        self.fidelity = fidelity
+        self.logits_batch = settings.batch_size if fidelity else logits_batch
+        self.seed = seed
+        self.members: set[int] = set()  # devices whose bridge samples this edge holds
+
+    def summary(self) -> None:
+        """Log the model."""
+        log(INFO, "\t└──> BridgeEdge: %s", type(self.model).__name__)
+
+    def logits(self, devices: Sequence[int]) -> torch.Tensor:
+        """This parent's logits on the bridge samples of ``devices`` (concatenated, on the CPU)."""
+        samples, _ = self.store.samples(devices)
+        return logits_on(self.model, samples, self.logits_batch, bn_train=self.fidelity)
+
+    def learn(self, devices: Sequence[int], teacher: torch.Tensor, key: int) -> dict[str, float]:
+        """One distillation pass on the bridge samples of ``devices`` from ``teacher`` logits."""
+        samples, labels = self.store.samples(devices)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
+        return distil_pass(self.model, samples, labels, teacher, self.settings,
+                           shuffle=not self.fidelity, generator=generator)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """One message per device with a bridge store entry: this parent's logits on its samples."""
+        targets = [(node, self.device_of[node]) for node in grid.get_node_ids()
+                   if self.device_of.get(node) in self.store]
+        if not targets:
+            return []
+        teacher = self.logits([device for _, device in targets])
+        messages, start = [], 0
+        for node, device in targets:
+            rows = self.store.num_samples(device)
+            payload = LogitsPayload(teacher[start:start + rows].numpy())
+            start += rows
+            content = RecordDict({
+                TEACHER: to_record(payload, fp16=self.fp16),
+                "config": ConfigRecord({**config, "server-round": server_round}),
+            })
+            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Distil from each device's logits (checked by ``FedAgg.reply_problem``) in turn."""
+        replies = sorted(replies, key=lambda r: self.device_of[r.metadata.src_node_id])
+        if not replies:
+            return None, None
+        passes = []
+        for reply in replies:
+            device = self.device_of[reply.metadata.src_node_id]
+            payload = read_logits(reply, self.store.num_samples(device), self.num_classes)
+            teacher = torch.from_numpy(payload.logits)
+            passes.append(MetricRecord(dict[str, Any](
+                self.learn([device], teacher, server_round * 100_003 + device))))
+        metrics = mean_records(passes, [1.0] * len(passes))
+        merged = mean_metrics(replies)
+        metrics["num-examples"] = merged["num-examples"] if merged else 0
+        return state_record(self.model), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Ask each device to evaluate the model it keeps (no weights are sent)."""
+        return [Message(RecordDict({"config": ConfigRecord({**config,
+                                                            "server-round": server_round})}),
+                        dst_node_id=node, message_type=MessageType.EVALUATE)
+                for node in grid.get_node_ids()]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        """Example-weighted mean of the devices' metrics."""
+        return mean_metrics([r for r in replies if not r.has_error()
+                             and metric_problem(r.content) is None])
+
+
+def read_logits(reply: Message, num_samples: int, num_classes: int) -> LogitsPayload:
+    """A device's logits from its train reply, validated (raises ``PayloadError``)."""
+    record = reply.content.array_records.get(LOGITS)
+    if record is None:
+        raise PayloadError(f"the reply holds no '{LOGITS}' record "
+                           f"(it holds {sorted(reply.content.array_records)})")
+    return logits_from_record(record, num_samples=num_samples, num_classes=num_classes,
+                              max_bytes=logits_limit(num_samples, num_classes))
+
+
+class FedAgg(Hierarchical):
+    """FedAgg's cloud tier: a ``BridgeEdge`` per edge nested in ``Hierarchical``, BSBODP everywhere.
+
+    Each round: devices that have not yet sent their bridge codes do (``query.embed``; the edge
+    keeps them and forwards them to the cloud); every device learns from its edge's logits and
+    returns its own (one ``send_and_receive`` for all devices); each edge distils from each of
+    its devices; then each edge learns from the cloud on its store and the cloud from each edge.
+
+    Parameters
+    ----------
+    topology : Topology
+        Cloud -> edges -> devices.
+    cloud_model : nn.Module
+        The cloud's model (paper: ResNet-18), on the server's torch device.
+    edge_model : nn.Module | Callable[[int], nn.Module]
+        The edges' model (paper: ResNet-10): deep-copied per edge, or built per edge index.
+    bridge : BridgeAutoencoder
+        The frozen autoencoder whose decoder makes the bridge samples.
+    mean, std : Sequence[float]
+        The dataset's normalisation (bridge samples are normalised like real images).
+    T, beta : float (default: 3.0, 10.0)
+        Temperature and KD weight of the non-leaf loss (paper values).
+    lr, momentum, weight_decay, batch_size :
+        SGD of every server-side pass (paper: 1e-3, 0.9, 0, 8); a fresh optimiser per pass.
+    schedule : str (default: "parallel")
+        ``parallel``: all devices at once, then all edges learn from the cloud, then the cloud
+        from each edge. ``sequential``: the official demo's depth-first order, one device at a
+        time (edge e: each device k learns from e, then e from k; then e <-> cloud).
+    fidelity : bool (default: False)
+        The demo's BatchNorm in training mode for logits, unshuffled passes, [0, 1] bridge samples.
+    fp16 : bool (default: False)
+        Logits travel as float16 (devices choose the same for their codes).
+    embedding_shape : tuple (default: (4, 8, 8))
+        Shape of one code (32x32 images).
+    num_classes : int (default: 10)
+    logits_batch : int (default: 500)
+        Batch size of no-grad logits passes.
+    seed : int (default: 0)
+    torch_device : torch.device, optional
+        Where bridge samples are kept (the models' device).
+    **kwargs
+        Passed to ``Hierarchical`` (``evaluate_edges``, ``evaluate_every``, ``on_round``, ...).
+    """
+
+    def __init__(self, topology: Topology, cloud_model: nn.Module,
+                 edge_model: nn.Module | Callable[[int], nn.Module], bridge: BridgeAutoencoder,
+                 mean: Sequence[float], std: Sequence[float], *, T: float = 3.0,
+                 beta: float = 10.0, lr: float = 1e-3, momentum: float = 0.9,
+                 weight_decay: float = 0.0, batch_size: int = 8, schedule: str = "parallel",
+                 fidelity: bool = False, fp16: bool = False,
+                 embedding_shape: tuple[int, ...] = (4, 8, 8), num_classes: int = 10,
+                 logits_batch: int = 500, seed: int = 0,
+                 torch_device: torch.device | None = None, **kwargs: Any) -> None:
+        if schedule not in ("parallel", "sequential"):
+            raise ValueError(f"schedule must be 'parallel' or 'sequential', got {schedule!r}")
+        self.schedule = schedule
+        self.fp16 = fp16
+        self.embedding_shape = embedding_shape
+        self.num_classes = num_classes
+        self.cloud_model = cloud_model
+        self.store = BridgeStore(bridge, mean, std, raw=fidelity, device=torch_device)
+        self.settings = Distillation(T=T, beta=beta, lr=lr, momentum=momentum,
+                                     weight_decay=weight_decay, batch_size=batch_size)
+        self._device_of: dict[int, int] = {}
+
+        def tier(group: int) -> BridgeEdge:
+            if group == CLOUD_DIRECT:
+                model = cloud_model
+            elif isinstance(edge_model, nn.Module):
+                model = copy.deepcopy(edge_model)
+            else:
+                model = edge_model(group)
+            return BridgeEdge(model, self.store, self.settings, self._device_of,
+                              num_classes=num_classes, fp16=fp16,
+                              fidelity=fidelity, logits_batch=logits_batch,
+                              seed=seed * 1_000 + group + 1)
+
+        super().__init__(edge=tier, topology=topology, **kwargs)
+        self.cloud = self.edges[CLOUD_DIRECT]
+
+    @property
+    def device_of(self) -> dict[int, int]:  # type: ignore[override]
+        """Node id -> device index (one dict shared with every ``BridgeEdge``)."""
+        return self._device_of
+
+    @device_of.setter
+    def device_of(self, value: dict[int, int]) -> None:
+        self._device_of.clear()
+        self._device_of.update(value)
+
+    def summary(self) -> None:
+        """Log the tiers and the schedule."""
+        super().summary()
+        log(INFO, "\t└──> FedAgg: cloud %s, edges %s, schedule %s, T=%s, beta=%s",
+            type(self.cloud_model).__name__, type(self.edges[0].model).__name__,
+            self.schedule, self.settings.T, self.settings.beta)
+
+    # --- the stores -----------------------------------------------------------------------
+
+    def _collect_embeddings(self, grid: Grid, view: RoundTopology, timeout: float,
+                            report: RoundReport) -> None:
+        """Ask taking-part devices without a store entry for their codes (round 1: everyone)."""
+        devices = [d for d in view.participants() if d not in self.store]
+        if not devices:
+            return
+        cloud_direct = set(view.cloud_direct())
+        group_of = {self.node_of[d]: CLOUD_DIRECT if d in cloud_direct else int(view.edge_of[d])
+                    for d in devices}
+        messages = [Message(RecordDict({"config": ConfigRecord({"fp16": self.fp16})}),
+                            dst_node_id=node, message_type=EMBED) for node in group_of]
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        report.count(messages, replies, group_of)
+        started = time.perf_counter()
+        by_group = self._split(replies, group_of, report, self._accept_embeddings)
+        for group, accepted in by_group.items():
+            for reply in accepted:
+                device = self.device_of[reply.metadata.src_node_id]
+                if group != CLOUD_DIRECT:
+                    self.edges[group].members.add(device)
+                    report.add("edge_to_cloud", self.store.embedding_bytes(device))
+        report.server_s += time.perf_counter() - started
+
+    def _accept_embeddings(self, reply: Message, group: int) -> str | None:
+        """Why a ``query.embed`` reply is refused, or None after putting its codes in the store."""
+        if reply.has_error():
+            return f"error reply: {reply.error.reason}"
+        problem = metric_problem(reply.content, self.weighted_by_key)
+        if problem:
+            return problem
+        declared = int(next(iter(reply.content.metric_records.values()))[self.weighted_by_key])
+        record = reply.content.array_records.get(EMBEDDINGS)
+        if record is None:
+            return f"the reply holds no '{EMBEDDINGS}' record"
+        per_sample = 4 * int(torch.tensor(self.embedding_shape).prod()) + 8
+        try:
+            payload = embeddings_from_record(
+                record, num_classes=self.num_classes, num_samples=declared,
+                embedding_shape=self.embedding_shape,
+                max_bytes=declared * per_sample + 4096)
+        except PayloadError as err:
+            return f"bad embeddings: {err}"
+        self.store.add(self.device_of[reply.metadata.src_node_id], payload,
+                       payload_bytes(record))
+        return None
+
+    def _place_stores(self, view: RoundTopology, report: RoundReport) -> None:
+        """Each online edge holds the codes of exactly the devices attached to it this round.
+
+        A device that moved is added from the cloud's copy (cloud-to-edge bytes, no re-upload)
+        and dropped by the edge it left.
+        """
+        for edge in range(self.topology.num_edges):
+            if not view.edge_online[edge]:
+                continue
+            wanted = {d for d in map(int, (view.edge_of == edge).nonzero()[0]) if d in self.store}
+            strategy = self.edges[edge]
+            for device in wanted - strategy.members:
+                report.add("cloud_to_edge", self.store.embedding_bytes(device))
+            strategy.members = wanted
+
+    # --- the round ------------------------------------------------------------------------
+
+    def _cloud_round(self, grid: Grid, server_round: int, cloud: ArrayRecord,
+                     config: ConfigRecord, timeout: float, report: RoundReport
+                     ) -> tuple[ArrayRecord, MetricRecord | None]:
+        view = self.topology.at_round(server_round)
+        self._collect_embeddings(grid, view, timeout, report)
+        self._place_stores(view, report)
+        if self.schedule == "parallel":
+            return super()._cloud_round(grid, server_round, cloud, config, timeout, report)
+        return self._sequential_round(grid, server_round, config, timeout, report, view)
+
+    def _sequential_round(self, grid: Grid, server_round: int, config: ConfigRecord,
+                          timeout: float, report: RoundReport, view: RoundTopology
+                          ) -> tuple[ArrayRecord, MetricRecord | None]:
+        """The official demo's order: edge by edge, device by device, then edge <-> cloud."""
+        report.participants = len(view.participants())
+        examples: dict[int, float] = {}
+        metrics: list[MetricRecord] = []
+        for group, devices in self._groups(view).items():
+            strategy = self.edges[group]
+            for device in devices:
+                node = self.node_of[device]
+                messages = list(strategy.configure_train(
+                    server_round, ArrayRecord(), ConfigRecord(dict(config)),
+                    EdgeGrid(grid, [node])))
+                if not messages:
+                    continue
+                replies = list(grid.send_and_receive(messages, timeout=timeout))
+                report.count(messages, replies, {node: group})
+                started = time.perf_counter()
+                by_group = self._split(replies, {node: group}, report, self.reply_problem)
+                metrics += self._aggregate_edges(server_round, by_group, examples)
+                report.server_s += time.perf_counter() - started
+            if group != CLOUD_DIRECT and examples.get(group):
+                started = time.perf_counter()
+                self._edges_learn_from_cloud([group], server_round, report)
+                self._cloud_learns_from(group, server_round, report)
+                report.server_s += time.perf_counter() - started
+        report.edges = [{"edge": g, "examples": examples.get(g, 0.0)}
+                        for g in range(self.topology.num_edges)]
+        merged = mean_records(metrics, [1.0] * len(metrics)) if metrics else None
+        return state_record(self.cloud_model), merged
+
+    def reply_problem(self, reply: Message, group: int) -> str | None:
+        """A device's train reply must hold finite logits, one row per bridge sample it owns."""
+        if reply.has_error():
+            return f"error reply: {reply.error.reason}"
+        device = self.device_of[reply.metadata.src_node_id]
+        try:
+            read_logits(reply, self.store.num_samples(device), self.num_classes)
+        except PayloadError as err:
+            return f"bad logits: {err}"
+        return metric_problem(reply.content, self.weighted_by_key)
+
+    def aggregate_cloud(self, server_round: int, cloud: ArrayRecord,
+                        examples: dict[int, float], report: RoundReport) -> ArrayRecord:
+        """BSBODP between the cloud and each edge that trained: edges learn, then the cloud."""
+        edges = [g for g in sorted(examples) if g != CLOUD_DIRECT and self.edges[g].members]
+        self._edges_learn_from_cloud(edges, server_round, report)
+        for edge in edges:
+            self._cloud_learns_from(edge, server_round, report)
+        return state_record(self.cloud_model)
+
+    def _edges_learn_from_cloud(self, edges: list[int], server_round: int,
+                                report: RoundReport) -> None:
+        for edge in edges:
+            devices = sorted(self.edges[edge].members)
+            teacher, size = wire(self.cloud.logits(devices), self.fp16)
+            report.add("cloud_to_edge", size)
+            self.edges[edge].learn(devices, teacher, server_round)
+
+    def _cloud_learns_from(self, edge: int, server_round: int, report: RoundReport) -> None:
+        devices = sorted(self.edges[edge].members)
+        teacher, size = wire(self.edges[edge].logits(devices), self.fp16)
+        report.add("edge_to_cloud", size)
+        self.cloud.learn(devices, teacher, server_round * 1_000 + edge)
+        self.edge_arrays[edge] = state_record(self.edges[edge].model)
