@@ -88,12 +88,16 @@ class BridgeEdge(Strategy):
         Batch size of the no-grad logits pass (``settings.batch_size`` under ``fidelity``).
     seed : int (default: 0)
         Seeds the order of each pass.
+    name : str (default: "edge")
+        What logs call this parent.
     """
 
     def __init__(self, model: nn.Module, store: BridgeStore, settings: Distillation,
                  device_of: dict[int, int], num_classes: int, fp16: bool = False,
-                 fidelity: bool = False, logits_batch: int = 500, seed: int = 0) -> None:
+                 fidelity: bool = False, logits_batch: int = 500, seed: int = 0,
+                 name: str = "edge") -> None:
         self.model = model
+        self.name = name
         self.num_classes = num_classes
         self.store = store
         self.settings = settings
@@ -106,7 +110,7 @@ class BridgeEdge(Strategy):
 
     def summary(self) -> None:
         """Log the model."""
-        log(INFO, "\t└──> BridgeEdge: %s", type(self.model).__name__)
+        log(INFO, "\t└──> BridgeEdge %s: %s", self.name, type(self.model).__name__)
 
     def logits(self, devices: Sequence[int]) -> torch.Tensor:
         """This parent's logits on the bridge samples of ``devices`` (concatenated, on the CPU)."""
@@ -258,7 +262,8 @@ class FedAgg(Hierarchical):
             return BridgeEdge(model, self.store, self.settings, self._device_of,
                               num_classes=num_classes, fp16=fp16,
                               fidelity=fidelity, logits_batch=logits_batch,
-                              seed=seed * 1_000 + group + 1)
+                              seed=seed * 1_000 + group + 1,
+                              name="cloud" if group == CLOUD_DIRECT else f"edge{group}")
 
         super().__init__(edge=tier, topology=topology, **kwargs)
         self.cloud = self.edges[CLOUD_DIRECT]

@@ -1,0 +1,259 @@
+"""FedAgg on the in-process grid: what travels, the order of BSBODP passes, bad payloads, stores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Context, Message
+
+from flower_eec import experiment
+from flower_eec.app.client_app import app
+from flower_eec.clients import fedagg as device_side
+from flower_eec.config import Config, resolve, to_json
+from flower_eec.errors import ConfigError
+from flower_eec.local_grid import LocalGrid
+from flower_eec.strategies import fedagg as server_side
+from flower_eec.strategies.hierarchical import RoundReport
+from flower_eec.topology import Topology
+
+
+def smoke(out: Path, **overrides: Any) -> Config:
+    return resolve(None, {"method": "fedagg", "profile": "smoke", "out": str(out),
+                          **overrides})
+
+
+class RecordingGrid(LocalGrid):
+    """A LocalGrid that notes the record names of every message and reply."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[tuple[str, set[str]]] = []
+        self.received: list[tuple[str, set[str]]] = []
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        for m in messages:
+            self.sent.append((m.metadata.message_type, set(m.content.array_records)))
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        for r in replies:
+            if not r.has_error():
+                self.received.append((r.metadata.message_type, set(r.content.array_records)))
+        return replies
+
+
+def run(config: Config, client: Any = app, grid_type: type[LocalGrid] = LocalGrid
+        ) -> tuple[dict[str, Any], LocalGrid]:
+    grid = grid_type(client, config.topology.num_devices, {"config-json": to_json(config)})
+    return experiment.run(grid, config), grid
+
+
+@pytest.fixture(scope="module")
+def three_rounds(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], LocalGrid]:
+    config = smoke(tmp_path_factory.mktemp("fedagg"), train={"rounds": 3})
+    return run(config, grid_type=RecordingGrid)
+
+
+def test_no_weights_travel_only_codes_and_logits(three_rounds) -> None:
+    _, grid = three_rounds
+    kinds = {(kind, frozenset(records)) for kind, records in grid.sent + grid.received}
+    assert kinds == {
+        ("query.describe", frozenset()), ("query.embed", frozenset()),
+        ("query.embed", frozenset({"embeddings"})),
+        ("train", frozenset({"teacher"})), ("train", frozenset({"logits"})),
+        ("evaluate", frozenset()),
+    }
+    embeds = [kind for kind, records in grid.sent if kind == "query.embed"]
+    assert len(embeds) == 4  # once per device, in round 1 only
+
+
+def test_every_round_is_recorded_with_traffic_on_every_link(three_rounds) -> None:
+    summary, _ = three_rounds
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for r in rounds:
+        assert r["devices"]["failures"] == 0 and r["devices"]["participants"] == 4
+        assert 0 <= r["cloud"]["accuracy"] <= 1
+        assert all(0 <= e["accuracy"] <= 1 for e in r["edges"])
+        assert 0 <= r["devices"]["mean_local_accuracy"] <= 1
+        for link in ("device_to_edge", "edge_to_device", "edge_to_cloud", "cloud_to_edge"):
+            assert r["comm_bytes"][link] > 0
+    # round 1 also carries the codes (256 floats per image against 10 logits)
+    assert rounds[0]["comm_bytes"]["device_to_edge"] > 10 * rounds[1]["comm_bytes"][
+        "device_to_edge"]
+    assert rounds[1]["comm_bytes"] == rounds[2]["comm_bytes"]
+
+
+def test_same_seed_gives_the_same_cloud_model(tmp_path: Path) -> None:
+    first, _ = run(smoke(tmp_path / "a"))
+    second, _ = run(smoke(tmp_path / "b"))
+    assert [r["cloud"] for r in first["rounds"]] == [r["cloud"] for r in second["rounds"]]
+    other, _ = run(smoke(tmp_path / "c", seed=1))
+    assert [r["cloud"] for r in other["rounds"]] != [r["cloud"] for r in first["rounds"]]
+
+
+def test_fp16_halves_the_logits_bytes(tmp_path: Path) -> None:
+    full, _ = run(smoke(tmp_path / "a", train={"rounds": 1}))
+    half, _ = run(smoke(tmp_path / "b", train={"rounds": 1}, fedagg={"fp16": True}))
+    full_bytes, half_bytes = full["rounds"][0]["comm_bytes"], half["rounds"][0]["comm_bytes"]
+    # logits down: the data halves, the keys and config values stay
+    assert half_bytes["edge_to_device"] < 0.55 * full_bytes["edge_to_device"]
+    assert half_bytes["device_to_edge"] < 0.55 * full_bytes["device_to_edge"]
+
+
+def corrupting(device: int, message_type: str, record: str, key: str,
+               change: Any) -> Any:
+    """A ClientApp whose ``device`` replies to ``message_type`` with ``change(array)``."""
+
+    def client(msg: Message, context: Context) -> Message:
+        reply = app(msg, context)
+        if (context.node_config["partition-id"] == device
+                and msg.metadata.message_type == message_type):
+            arrays = dict(reply.content.array_records[record].items())
+            arrays[key] = Array(change(arrays[key].numpy().copy()))
+            reply.content[record] = ArrayRecord(arrays)
+        return reply
+
+    return client
+
+
+def with_nan(values: np.ndarray) -> np.ndarray:
+    values[0, 0] = np.nan
+    return values
+
+
+def label_out_of_range(labels: np.ndarray) -> np.ndarray:
+    labels[0] = 10
+    return labels
+
+
+@pytest.mark.parametrize(("message_type", "record", "key", "change", "failures", "reason"), [
+    ("train", "logits", "logits", with_nan, [1, 1], "NaN"),
+    ("train", "logits", "logits", lambda v: v[:-1], [1, 1], "samples"),
+    ("query.embed", "embeddings", "labels", label_out_of_range, [1, 1], "outside the range"),
+    ("query.embed", "embeddings", "embeddings", lambda v: v[:, :2], [1, 1], "shape"),
+])
+def test_a_bad_payload_fails_its_device_only(tmp_path: Path, message_type: str, record: str,
+                                            key: str, change: Any, failures: list[int],
+                                            reason: str) -> None:
+    config = smoke(tmp_path)
+    reports: list[RoundReport] = []
+    grid = LocalGrid(corrupting(2, message_type, record, key, change), 4,
+                     {"config-json": to_json(config)})
+    strategy = build(config, reports.append)
+    strategy.start(grid, server_side.state_record(strategy.cloud_model), num_rounds=2,
+                   timeout=60)
+    assert [r.failures for r in reports] == failures
+    assert all(list(r.failure_reasons) == [2] and reason in r.failure_reasons[2]
+               for r in reports)
+    # a device whose codes were refused is asked again next round and refused again;
+    # the other devices and both edges carry on
+    assert all(r.participants == 4 for r in reports)
+    assert all(e["examples"] > 0 for r in reports for e in r.edges)
+
+
+def build(config: Config, on_round: Any) -> server_side.FedAgg:
+    """The strategy of ``experiment.run_fedagg`` without the recorder."""
+    from flower_eec.clients.device import build_device_model
+    from flower_eec.data.federated import federated_data
+
+    data = federated_data(config)
+    m, t = config.model, config.train
+    return server_side.FedAgg(
+        topology=experiment.build_topology(config),
+        cloud_model=build_device_model(config, data, m.cloud),
+        edge_model=build_device_model(config, data, m.edge),
+        bridge=device_side.bridge_of(""), mean=data.dataset.mean, std=data.dataset.std,
+        lr=t.lr, batch_size=t.batch_size, schedule=config.fedagg.schedule,
+        num_classes=data.dataset.num_classes, on_round=on_round, evaluate_edges=False)
+
+
+def spy_on_passes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int, ...]]]:
+    """Record every distillation pass: who learns, on which devices' bridge samples."""
+    events: list[tuple[str, tuple[int, ...]]] = []
+    learn, train = server_side.BridgeEdge.learn, device_side.train
+
+    def server_learns(edge: server_side.BridgeEdge, devices: Any, teacher: Any,
+                      key: int) -> Any:
+        events.append((edge.name, tuple(devices)))
+        return learn(edge, devices, teacher, key)
+
+    def device_learns(msg: Message, context: Context) -> Message:
+        events.append(("device", (int(context.node_config["partition-id"]),)))
+        return train(msg, context)
+
+    monkeypatch.setattr(server_side.BridgeEdge, "learn", server_learns)
+    monkeypatch.setattr(device_side, "train", device_learns)
+    return events
+
+
+def test_parallel_schedule_all_devices_then_edges_then_cloud(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    events = spy_on_passes(monkeypatch)
+    config = smoke(tmp_path)
+    strategy = build(config, on_round=None)
+    grid = LocalGrid(app, 4, {"config-json": to_json(config)})
+    strategy.start(grid, server_side.state_record(strategy.cloud_model), num_rounds=1)
+    assert events == [
+        ("device", (0,)), ("device", (1,)), ("device", (2,)), ("device", (3,)),
+        ("edge0", (0,)), ("edge0", (1,)), ("edge1", (2,)), ("edge1", (3,)),
+        ("edge0", (0, 1)), ("edge1", (2, 3)),  # edges learn from the cloud
+        ("cloud", (0, 1)), ("cloud", (2, 3)),  # the cloud learns from each edge
+    ]
+
+
+def test_sequential_schedule_is_the_demos_depth_first_order(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    events = spy_on_passes(monkeypatch)
+    config = smoke(tmp_path, fedagg={"schedule": "sequential"})
+    strategy = build(config, on_round=None)
+    grid = LocalGrid(app, 4, {"config-json": to_json(config)})
+    strategy.start(grid, server_side.state_record(strategy.cloud_model), num_rounds=1)
+    assert events == [
+        ("device", (0,)), ("edge0", (0,)), ("device", (1,)), ("edge0", (1,)),
+        ("edge0", (0, 1)), ("cloud", (0, 1)),
+        ("device", (2,)), ("edge1", (2,)), ("device", (3,)), ("edge1", (3,)),
+        ("edge1", (2, 3)), ("cloud", (2, 3)),
+    ]
+
+
+def test_each_online_edge_holds_exactly_its_devices_codes(tmp_path: Path) -> None:
+    config = smoke(tmp_path, topology={"num_devices": 6, "num_edges": 2})
+    strategy = build(config, on_round=None)
+    strategy.topology = Topology(6, 2, seed=3, mobility_rate=0.5, edge_dropout=0.3)
+    checked = []
+
+    def check(report: RoundReport) -> None:
+        view = strategy.topology.at_round(report.round)
+        for edge in range(2):
+            if view.edge_online[edge]:
+                attached = set(np.flatnonzero(view.edge_of == edge).tolist())
+                assert strategy.edges[edge].members == attached
+        assert set(view.participants()) <= set(strategy.store.devices())
+        checked.append(report.round)
+
+    strategy.on_round = check
+    grid = LocalGrid(app, 6, {"config-json": to_json(config)})
+    strategy.start(grid, server_side.state_record(strategy.cloud_model), num_rounds=4)
+    assert checked == [1, 2, 3, 4]
+    assert sum(len(strategy.topology.moves(r)) for r in range(2, 5)) > 0
+
+
+def test_config_names_what_fedagg_needs() -> None:
+    with pytest.raises(ConfigError, match="data.holdout"):
+        resolve(None, {"method": "fedagg", "profile": "cpu", "data": {"holdout": 0.0}})
+    with pytest.raises(ConfigError, match="MNIST"):
+        resolve(None, {"method": "fedagg", "data": {"dataset": "mnist"}})
+    with pytest.raises(ConfigError, match="fedagg.schedule"):
+        resolve(None, {"method": "fedagg", "fedagg": {"schedule": "random"}})
+    with pytest.raises(ConfigError, match="fedagg.T"):
+        resolve(None, {"method": "fedagg", "fedagg": {"T": 0}})
+    config = resolve(None, {"method": "fedagg", "profile": "paper"})
+    assert (config.model.device, config.model.edge, config.model.cloud) == (
+        "cnn3", "resnet10", "resnet18")
+    assert (config.topology.num_devices, config.topology.num_edges) == (225, 15)
+    assert (config.train.batch_size, config.train.lr, config.fedagg.beta) == (8, 1e-3, 10.0)
