@@ -54,12 +54,13 @@ def _check_results(out: Path, rounds: int) -> dict:
     return summary
 
 
-def test_flwr_run_smoke(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["hierfavg", "fedagg"])
+def test_flwr_run_smoke(tmp_path: Path, method: str) -> None:
     """`flwr run .` of the smoke profile, offline; the SuperLink it starts is stopped after."""
     home, out = tmp_path / "flwr-home", tmp_path / "out"
     command = [str(Path(sys.executable).parent / "flwr"), "run", ".", "--stream",
                "--federation-config", "num-supernodes=4",
-               "--run-config", f"profile='smoke' method='hierfavg' out='{out}'"]
+               "--run-config", f"profile='smoke' method='{method}' out='{out}'"]
     try:
         done = subprocess.run(command, cwd=ROOT, env=_flower_env(home), capture_output=True,
                               text=True, timeout=600)
@@ -68,7 +69,7 @@ def test_flwr_run_smoke(tmp_path: Path) -> None:
     assert stopped, "flwr run should have started a SuperLink under this test's FLWR_HOME"
     assert (out / "results.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
     summary = _check_results(out, rounds=2)
-    assert summary["method"] == "hierfavg"
+    assert summary["method"] == method
 
 
 def test_cli_run_fedavg_on_ray(tmp_path: Path) -> None:

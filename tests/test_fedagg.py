@@ -232,7 +232,7 @@ def test_each_online_edge_holds_exactly_its_devices_codes(tmp_path: Path) -> Non
         for edge in range(2):
             if view.edge_online[edge]:
                 attached = set(np.flatnonzero(view.edge_of == edge).tolist())
-                assert strategy.edges[edge].members == attached
+                assert strategy.bridges[edge].members == attached
         assert set(view.participants()) <= set(strategy.store.devices())
         checked.append(report.round)
 

@@ -13,7 +13,7 @@ import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO
-from typing import Any
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -266,7 +266,8 @@ class FedAgg(Hierarchical):
                               name="cloud" if group == CLOUD_DIRECT else f"edge{group}")
 
         super().__init__(edge=tier, topology=topology, **kwargs)
-        self.cloud = self.edges[CLOUD_DIRECT]
+        self.bridges = cast(dict[int, BridgeEdge], self.edges)  # the same objects, typed
+        self.cloud = self.bridges[CLOUD_DIRECT]
 
     @property
     def device_of(self) -> dict[int, int]:  # type: ignore[override]
@@ -282,7 +283,7 @@ class FedAgg(Hierarchical):
         """Log the tiers and the schedule."""
         super().summary()
         log(INFO, "\t└──> FedAgg: cloud %s, edges %s, schedule %s, T=%s, beta=%s",
-            type(self.cloud_model).__name__, type(self.edges[0].model).__name__,
+            type(self.cloud_model).__name__, type(self.bridges[0].model).__name__,
             self.schedule, self.settings.T, self.settings.beta)
 
     # --- the stores -----------------------------------------------------------------------
@@ -306,7 +307,7 @@ class FedAgg(Hierarchical):
             for reply in accepted:
                 device = self.device_of[reply.metadata.src_node_id]
                 if group != CLOUD_DIRECT:
-                    self.edges[group].members.add(device)
+                    self.bridges[group].members.add(device)
                     report.add("edge_to_cloud", self.store.embedding_bytes(device))
         report.server_s += time.perf_counter() - started
 
@@ -317,7 +318,8 @@ class FedAgg(Hierarchical):
         problem = metric_problem(reply.content, self.weighted_by_key)
         if problem:
             return problem
-        declared = int(next(iter(reply.content.metric_records.values()))[self.weighted_by_key])
+        metrics = next(iter(reply.content.metric_records.values()))
+        declared = int(cast(float, metrics[self.weighted_by_key]))
         record = reply.content.array_records.get(EMBEDDINGS)
         if record is None:
             return f"the reply holds no '{EMBEDDINGS}' record"
@@ -343,7 +345,7 @@ class FedAgg(Hierarchical):
             if not view.edge_online[edge]:
                 continue
             wanted = {d for d in map(int, (view.edge_of == edge).nonzero()[0]) if d in self.store}
-            strategy = self.edges[edge]
+            strategy = self.bridges[edge]
             for device in wanted - strategy.members:
                 report.add("cloud_to_edge", self.store.embedding_bytes(device))
             strategy.members = wanted
@@ -368,7 +370,7 @@ class FedAgg(Hierarchical):
         examples: dict[int, float] = {}
         metrics: list[MetricRecord] = []
         for group, devices in self._groups(view).items():
-            strategy = self.edges[group]
+            strategy = self.bridges[group]
             for device in devices:
                 node = self.node_of[device]
                 messages = list(strategy.configure_train(
@@ -406,7 +408,7 @@ class FedAgg(Hierarchical):
     def aggregate_cloud(self, server_round: int, cloud: ArrayRecord,
                         examples: dict[int, float], report: RoundReport) -> ArrayRecord:
         """BSBODP between the cloud and each edge that trained: edges learn, then the cloud."""
-        edges = [g for g in sorted(examples) if g != CLOUD_DIRECT and self.edges[g].members]
+        edges = [g for g in sorted(examples) if g != CLOUD_DIRECT and self.bridges[g].members]
         self._edges_learn_from_cloud(edges, server_round, report)
         for edge in edges:
             self._cloud_learns_from(edge, server_round, report)
@@ -415,14 +417,14 @@ class FedAgg(Hierarchical):
     def _edges_learn_from_cloud(self, edges: list[int], server_round: int,
                                 report: RoundReport) -> None:
         for edge in edges:
-            devices = sorted(self.edges[edge].members)
+            devices = sorted(self.bridges[edge].members)
             teacher, size = wire(self.cloud.logits(devices), self.fp16)
             report.add("cloud_to_edge", size)
-            self.edges[edge].learn(devices, teacher, server_round)
+            self.bridges[edge].learn(devices, teacher, server_round)
 
     def _cloud_learns_from(self, edge: int, server_round: int, report: RoundReport) -> None:
-        devices = sorted(self.edges[edge].members)
-        teacher, size = wire(self.edges[edge].logits(devices), self.fp16)
+        devices = sorted(self.bridges[edge].members)
+        teacher, size = wire(self.bridges[edge].logits(devices), self.fp16)
         report.add("edge_to_cloud", size)
         self.cloud.learn(devices, teacher, server_round * 1_000 + edge)
-        self.edge_arrays[edge] = state_record(self.edges[edge].model)
+        self.edge_arrays[edge] = state_record(self.bridges[edge].model)
