@@ -2,7 +2,8 @@
 
 from flower_eec.strategies.aggregation import weighted_average
 from flower_eec.strategies.edge_grid import EdgeGrid
+from flower_eec.strategies.fedagg import BridgeEdge, FedAgg
 from flower_eec.strategies.hierarchical import Hierarchical, RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
 
-__all__ = ["EdgeGrid", "HierFedAvg", "Hierarchical", "RoundReport", "weighted_average"]
+__all__ = ["BridgeEdge", "EdgeGrid", "FedAgg", "HierFedAvg", "Hierarchical", "RoundReport", "weighted_average"]
