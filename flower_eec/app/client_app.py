@@ -4,6 +4,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from flower_eec import clients
+from flower_eec.clients import eclm
 
 app = ClientApp()
 
@@ -14,9 +15,17 @@ def describe(msg: Message, context: Context) -> Message:
     return clients.describe(msg, context)
 
 
+@app.query("route")
+def route(msg: Message, context: Context) -> Message:
+    """ECLM: report module use on the current data and the resource budget."""
+    return eclm.route(msg, context)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train locally from the received weights."""
+    """Train locally from the received weights (ECLM: adapt the received sub-model)."""
+    if eclm.is_eclm(msg):
+        return eclm.train(msg, context)
     return clients.train(msg, context)
 
 
