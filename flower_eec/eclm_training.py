@@ -6,6 +6,9 @@ selector, so that modules specialise without collapsing onto a few (ALGORITHMS.m
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -81,3 +84,25 @@ def use_statistics(usage: np.ndarray) -> dict[str, float]:
     return {"min_share": float(usage.min()), "max_share": float(usage.max()),
             "min_normalised_entropy": float(entropy.min()),
             "modules_unused": int((usage < 1e-3).sum())}
+
+
+def offline_stage(model: ModularNet, own: Images, *, epochs: int, batch_size: int, lr: float,
+                  lb_weight: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                  augmented: bool = True, cutout: int = 0, seed: int = 0) -> dict[str, Any]:
+    """ECLM's offline stage: the cloud trains the modular model on its own data, in place.
+
+    Returns a report: examples, epochs, the last training metrics, the module-use histogram on
+    that data afterwards and its statistics (``use_statistics``), and the wall time.
+    """
+    started = time.perf_counter()
+    metrics: dict[str, float] = {}
+    if epochs > 0 and len(own) > 0:
+        metrics = train_modular(model, own, epochs=epochs, batch_size=batch_size, lr=lr,
+                                lb_weight=lb_weight, momentum=momentum,
+                                weight_decay=weight_decay, augmented=augmented, cutout=cutout,
+                                generator=torch.Generator().manual_seed(seed))
+    usage = module_use(model, own) if len(own) else np.zeros((model.num_layers,
+                                                               model.num_modules))
+    return {"examples": len(own), "epochs": epochs, "train": metrics,
+            "module_use": np.round(usage, 4).tolist(), "use_statistics": use_statistics(usage),
+            "wall_s": round(time.perf_counter() - started, 3)}

@@ -114,7 +114,8 @@ def train(msg: Message, context: Context) -> Message:
     """Adapt the received sub-model on the device's current data; return its modules and accuracy.
 
     The selector stays the cloud's (it is not trained or returned); stem, modules and head are.
-    Accuracy is measured on the device's current local test split before and after adaptation.
+    Accuracy is measured on the device's current local test split before and after adaptation;
+    ``usage`` is the routing mass of each module (flat, L*M) in the adapted sub-model.
     """
     started = time.perf_counter()
     config, data, device = device_setup(context)
@@ -138,8 +139,10 @@ def train(msg: Message, context: Context) -> Message:
         momentum=t.momentum, weight_decay=t.weight_decay, augmented=config.data.augment,
         cutout=config.data.cutout, generator=generator)
     after = evaluate(model, local, config.eval.batch_size)
+    usage = module_use(model, shard, config.eval.batch_size)
     metrics.update({"accuracy": after["accuracy"], "loss": after["loss"],
                     "accuracy_before": before["accuracy"], "num-examples": len(shard),
+                    USAGE: [float(u) for u in usage.ravel()],
                     "compute_s": time.perf_counter() - started})
     returned = {k: v for k, v in model.state_dict().items() if not k.startswith(SELECTOR_PREFIX)}
     return Message(RecordDict({"arrays": ArrayRecord(returned),
