@@ -125,7 +125,7 @@ class EclmConfig:
     modules: int = 4
     top_k: int = 1
     channels: int = 16
-    lb_weight: float = 0.01
+    lb_weight: float = 0.5
     offline_epochs: int = 5
     cloud_weight: float = 0.2
     budget_low: float = 0.3
