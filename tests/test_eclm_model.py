@@ -18,7 +18,7 @@ from flower_eec.models.modular import ModularNet, block_of, module_key, module_s
 
 def small(**options: object) -> ModularNet:
     torch.manual_seed(0)
-    model = build_model("modular", 10, 3, layers=2, modules=3, channels=4, **options)
+    model = build_model("modular", 10, 3, **{"layers": 2, "modules": 3, "channels": 4, **options})
     assert isinstance(model, ModularNet)
     return model
 
