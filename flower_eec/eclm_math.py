@@ -98,7 +98,8 @@ def module_wise_average(cloud: Mapping[str, np.ndarray],
     For each block ``b`` (a module, or ``SHARED`` for everything outside the module layers),
     ``U_b`` is the devices whose update holds ``b`` with positive importance::
 
-        w'_b = cloud_weight * w_b + (1 - cloud_weight) * sum_{k in U_b} I_kb / sum_{j in U_b} I_jb * w_kb
+        w'_b = cloud_weight * w_b
+               + (1 - cloud_weight) * sum_{k in U_b} I_kb / sum_{j in U_b} I_jb * w_kb
 
     A block no device returned keeps the cloud's tensor. Integer tensors (BatchNorm's counters)
     are rounded back. Nothing given is modified.

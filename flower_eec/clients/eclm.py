@@ -106,7 +106,7 @@ def kept_from(record: ConfigRecord, layers: int) -> list[list[int]]:
         held = record.get(layer_key(layer))
         if not isinstance(held, list) or not all(isinstance(i, int) for i in held):
             raise PayloadError(f"sub-model record lacks the module list '{layer_key(layer)}'")
-        kept.append(list(held))
+        kept.append([int(i) for i in held])  # type: ignore[arg-type]
     return kept
 
 

@@ -101,6 +101,7 @@ class ModularNet(nn.Module):
         available = torch.zeros(layers, modules, dtype=torch.bool)
         for layer, held in enumerate(self.kept):
             available[layer, list(held)] = True
+        self.available: torch.Tensor
         self.register_buffer("available", available, persistent=False)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -138,7 +139,7 @@ class ModularNet(nn.Module):
             top, chosen = gates[:, layer].topk(k, dim=1)
             weights = top / top.sum(dim=1, keepdim=True).detach()
             out: torch.Tensor | None = None
-            for name, block in blocks.items():
+            for name, block in blocks.items():  # type: ignore[operator]
                 hit = chosen == int(name)
                 rows = hit.any(dim=1).nonzero().squeeze(1)
                 if rows.numel() == 0:
