@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flower_eec.errors import ConfigError
 
-METHODS = ("fedavg", "hierfavg", "fedagg")
+METHODS = ("fedavg", "hierfavg", "fedagg", "eclm")
 PROFILES_NAMES = ("smoke", "cpu", "paper")
 DATASETS = ("synthetic", "cifar10", "mnist")
 PARTITIONS = ("dirichlet", "iid", "pathological")
@@ -130,6 +130,32 @@ class FedAggConfig:
 
 
 @dataclass
+class EclmConfig:
+    """ECLM (``method=eclm``): the modular model, the offline stage, budgets, the shift schedule.
+
+    ``layers`` x ``modules`` BasicBlock modules of ``channels * 2**layer`` channels, ``top_k``
+    (1 or 2) run per sample and layer; ``lb_weight`` weighs the load-balancing loss (cloud and
+    devices); the cloud trains ``offline_epochs`` on ``data.holdout`` before round 1;
+    ``cloud_weight`` is the cloud copy's share when modules are merged; a device's budget is a
+    fraction of the full model's parameters drawn in [``budget_low``, ``budget_high``] every
+    ``budget_every`` rounds (0: fixed); labels shift every ``shift_every`` rounds (0: never), by a
+    new Dirichlet(``data.alpha``) draw.
+    """
+
+    layers: int = 3
+    modules: int = 4
+    top_k: int = 1
+    channels: int = 16
+    lb_weight: float = 0.5
+    offline_epochs: int = 5
+    cloud_weight: float = 0.2
+    budget_low: float = 0.3
+    budget_high: float = 0.6
+    budget_every: int = 5
+    shift_every: int = 5
+
+
+@dataclass
 class Config:
     """Everything one run needs; every field has a default."""
 
@@ -144,6 +170,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     fedagg: FedAggConfig = field(default_factory=FedAggConfig)
+    eclm: EclmConfig = field(default_factory=EclmConfig)
 
 
 # Shared by every method so that methods are compared on the same data, topology and budget.
@@ -392,6 +419,7 @@ def validate(config: Config) -> None:
     _check(config.simulation.timeout > 0, "simulation.timeout", config.simulation.timeout, "> 0")
     if config.method == "fedagg":
         _validate_fedagg(config)
+    _validate_eclm(config)
 
 
 def _validate_fedagg(config: Config) -> None:
@@ -411,3 +439,27 @@ def _validate_fedagg(config: Config) -> None:
         raise ConfigError(f"data.holdout is {config.data.holdout}, but the shipped bridge was "
                           "trained on the held-out 10% of CIFAR-10's training set: set "
                           "data.holdout=0.1 (or more) so that no device holds an image it saw")
+
+
+def _validate_eclm(config: Config) -> None:
+    e = config.eclm
+    for key in ("layers", "modules", "channels"):
+        _check(getattr(e, key) >= 1, f"eclm.{key}", getattr(e, key), ">= 1")
+    _check(e.top_k in (1, 2) and e.top_k <= e.modules, "eclm.top_k", e.top_k,
+           f"1 or 2, at most eclm.modules ({e.modules})")
+    _check(e.lb_weight >= 0, "eclm.lb_weight", e.lb_weight, ">= 0")
+    _check(e.offline_epochs >= 0, "eclm.offline_epochs", e.offline_epochs, ">= 0")
+    _check(0 <= e.cloud_weight < 1, "eclm.cloud_weight", e.cloud_weight, "a weight in [0, 1)")
+    _check(0 < e.budget_low <= 1, "eclm.budget_low", e.budget_low, "a fraction in (0, 1]")
+    _check(e.budget_low <= e.budget_high <= 1, "eclm.budget_high", e.budget_high,
+           f"a fraction in [eclm.budget_low ({e.budget_low}), 1]")
+    for key in ("budget_every", "shift_every"):
+        _check(getattr(e, key) >= 0, f"eclm.{key}", getattr(e, key), ">= 0 (0: never)")
+    if config.method != "eclm":
+        return
+    for key in ("device", "edge", "cloud"):
+        _check(getattr(config.model, key) == "modular", f"model.{key}",
+               getattr(config.model, key), "'modular' (ECLM's cloud and sub-models are modular)")
+    _check(config.data.holdout > 0 or e.offline_epochs == 0, "data.holdout", config.data.holdout,
+           "a fraction in (0, 1) for ECLM's offline stage on the cloud's own data "
+           "(or eclm.offline_epochs=0)")

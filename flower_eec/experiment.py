@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -18,10 +19,14 @@ from flower_eec.clients.device import build_device_model
 from flower_eec.clients.fedagg import bridge_of
 from flower_eec.config import Config
 from flower_eec.data.federated import FederatedData, federated_data
+from flower_eec.eclm_training import offline_stage
 from flower_eec.errors import ConfigError
 from flower_eec.learning import evaluate, torch_device
+from flower_eec.models import count_parameters
+from flower_eec.models.modular import ModularNet, module_sizes
 from flower_eec.results import Recorder
 from flower_eec.strategies.discovery import wait_for_nodes
+from flower_eec.strategies.eclm import ECLM, EclmRoundReport
 from flower_eec.strategies.fedagg import FedAgg
 from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
@@ -198,7 +203,52 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder,
                    evaluate_fn=on_evaluate)
 
 
-METHODS = {"fedavg": run_fedavg, "hierfavg": run_hierfavg, "fedagg": run_fedagg}
+def run_eclm(config: Config, grid: MeteredGrid, recorder: Recorder,
+             evaluate_fn: EvaluateFn, initial: ArrayRecord) -> None:
+    """ECLM: the cloud's offline stage on its own data, then online rounds with sub-models."""
+    e, t = config.eclm, config.train
+    data = federated_data(config)
+    model = build_device_model(config, data, "modular")
+    assert isinstance(model, ModularNet)
+    model.load_state_dict(initial.to_torch_state_dict())
+    offline = offline_stage(model, data.public_train(), epochs=e.offline_epochs,
+                            batch_size=t.batch_size, lr=t.lr, lb_weight=e.lb_weight,
+                            momentum=t.momentum, weight_decay=t.weight_decay,
+                            augmented=config.data.augment, cutout=config.data.cutout,
+                            seed=config.seed)
+    cloud = ArrayRecord(model.state_dict())
+    offline["cloud"] = dict(evaluate_fn(0, cloud) or {})
+    recorder.note("eclm_offline", offline)
+    sizes, shared = module_sizes(model)
+    full = {"full_model_params": count_parameters(model), "full_model_bytes": cloud.count_bytes()}
+
+    def on_round(report: EclmRoundReport) -> None:
+        traffic, exchange_s = grid.drain()
+        metrics = report.device_metrics
+        params = list(report.submodel_params.values())
+        recorder.add_round({
+            "round": report.round, "cloud": report.cloud_metrics,
+            "devices": {"participants": report.participants, "failures": report.failures,
+                        "mean_local_accuracy": metrics.get("accuracy"),
+                        "mean_local_loss": metrics.get("loss"),
+                        "mean_local_accuracy_before": metrics.get("accuracy_before")},
+            "comm_bytes": report.link_bytes,
+            "timing": _timing(traffic, exchange_s, report.server_s),
+            "eclm": {"rederived": report.rederived,
+                     "mean_submodel_params": float(np.mean(params)) if params else None,
+                     **full},
+        })
+
+    strategy = ECLM(topology=build_topology(config), module_params=np.array(sizes),
+                    shared_params=shared, cloud_weight=e.cloud_weight,
+                    evaluate_every=config.eval.every, on_round=on_round,
+                    node_wait=config.simulation.node_wait)
+    strategy.start(grid, cloud, num_rounds=t.rounds, timeout=config.simulation.timeout,
+                   train_config=ConfigRecord({"lr": t.lr}), evaluate_fn=evaluate_fn)
+
+
+METHODS = {"fedavg": run_fedavg, "hierfavg": run_hierfavg, "fedagg": run_fedagg,
+           "eclm": run_eclm}
 
 
 def run(grid: Grid, config: Config) -> dict[str, Any]:

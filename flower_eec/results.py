@@ -41,6 +41,11 @@ class Recorder:
         self.rounds: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.last = self.started
+        self.notes: dict[str, Any] = {}
+
+    def note(self, name: str, value: Any) -> None:
+        """Add a top-level section to results.json (e.g. a method's offline-stage report)."""
+        self.notes[name] = value
 
     def add_round(self, record: dict[str, Any]) -> None:
         """Append a round (see ARCHITECTURE.md for its fields), log it, rewrite results.json."""
@@ -77,6 +82,7 @@ class Recorder:
                 "total_wall_s": round(time.perf_counter() - self.started, 3),
                 "peak_rss_mb": peak_rss_mb(),
             },
+            **self.notes,
         }
 
     def finish(self) -> dict[str, Any]:

@@ -40,7 +40,7 @@ DEPTH_ORDER = ("resnet10", "resnet14", "resnet18", "resnet22", "resnet26")
 
 
 def test_names() -> None:
-    assert MODEL_NAMES == ("cnn3", *DEPTH_ORDER)
+    assert MODEL_NAMES == ("cnn3", *DEPTH_ORDER, "modular")
 
 
 def test_cnn3_parameter_count() -> None:

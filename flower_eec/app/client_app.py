@@ -4,7 +4,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from flower_eec import clients
-from flower_eec.clients import fedagg
+from flower_eec.clients import eclm, fedagg
 
 app = ClientApp()
 
@@ -21,11 +21,20 @@ def embed(msg: Message, context: Context) -> Message:
     return fedagg.embed(msg, context)
 
 
+@app.query("route")
+def route(msg: Message, context: Context) -> Message:
+    """ECLM: report module use on the current data and the resource budget."""
+    return eclm.route(msg, context)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train locally: from received weights, or (FedAgg) from a teacher's logits."""
+    """Train locally: from received weights, from a teacher's logits (FedAgg), or adapt a
+    received sub-model (ECLM)."""
     if fedagg.TEACHER in msg.content.array_records:
         return fedagg.train(msg, context)
+    if eclm.is_eclm(msg):
+        return eclm.train(msg, context)
     return clients.train(msg, context)
 
 

@@ -58,6 +58,10 @@ def _device_models(num_devices: int, model: str, large_model: str, large_fractio
 def build_device_model(config: Config, data: FederatedData, name: str) -> torch.nn.Module:
     """A zoo model shaped for the run's dataset."""
     options = {} if name == "cnn3" else {"stem": config.model.stem, "width": config.model.width}
+    if name == "modular":
+        e = config.eclm
+        options = {"layers": e.layers, "modules": e.modules, "top_k": e.top_k,
+                   "channels": e.channels}
     return build_model(name, data.dataset.num_classes, data.dataset.in_channels, **options)
 
 

@@ -1,4 +1,4 @@
-"""The model zoo by name: FedAgg's device CNN and the BasicBlock ResNet family.
+"""The model zoo by name: FedAgg's device CNN, the BasicBlock ResNet family, ECLM's modular net.
 
 ResNet depths 10-26 share parameter names by position, for FedIN's layer-wise aggregation.
 """
@@ -11,9 +11,11 @@ from torch import nn
 
 from flower_eec.errors import ConfigError
 from flower_eec.models.cnn import CNN3
+from flower_eec.models.modular import ModularNet
 from flower_eec.models.resnet import STEMS, ResNet
 
-__all__ = ["CNN3", "MODEL_NAMES", "STEMS", "ResNet", "build_model", "count_parameters"]
+__all__ = ["CNN3", "MODEL_NAMES", "STEMS", "ModularNet", "ResNet", "build_model",
+           "count_parameters"]
 
 RESNET_BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "resnet10": (1, 1, 1, 1),
@@ -22,10 +24,11 @@ RESNET_BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "resnet22": (2, 2, 3, 3),
     "resnet26": (3, 3, 3, 3),
 }
-MODEL_NAMES: tuple[str, ...] = ("cnn3", *RESNET_BLOCKS)
+MODEL_NAMES: tuple[str, ...] = ("cnn3", *RESNET_BLOCKS, "modular")
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "cnn3": (),
     **dict.fromkeys(RESNET_BLOCKS, ("stem", "width")),
+    "modular": ("layers", "modules", "top_k", "channels", "kept"),
 }
 
 
@@ -41,11 +44,13 @@ def build_model(
 
     Args:
         name: One of ``MODEL_NAMES``: ``cnn3``, ``resnet10``, ``resnet14``, ``resnet18``,
-            ``resnet22``, ``resnet26``.
+            ``resnet22``, ``resnet26``, ``modular``.
         num_classes: Number of output logits.
         in_channels: Channels of the input images (1 for MNIST, 3 for CIFAR).
-        **options: ResNets only: ``stem`` (``"imagenet"`` or ``"cifar"``, default ``"imagenet"``)
-            and ``width`` (stage-width multiplier, default 1.0). ``cnn3`` takes none.
+        **options: ResNets: ``stem`` (``"imagenet"`` or ``"cifar"``, default ``"imagenet"``)
+            and ``width`` (stage-width multiplier, default 1.0). ``modular``: ``layers``,
+            ``modules``, ``top_k``, ``channels``, ``kept`` (see ``ModularNet``). ``cnn3`` takes
+            none.
 
     Returns:
         The model, in training mode.
@@ -65,6 +70,8 @@ def build_model(
     _check_positive_int("in_channels", in_channels)
     if name == "cnn3":
         return CNN3(num_classes=num_classes, in_channels=in_channels)
+    if name == "modular":
+        return ModularNet(num_classes=num_classes, in_channels=in_channels, **options)
     return ResNet(
         RESNET_BLOCKS[name], num_classes=num_classes, in_channels=in_channels, **options
     )

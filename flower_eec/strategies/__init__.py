@@ -6,4 +6,12 @@ from flower_eec.strategies.fedagg import BridgeEdge, FedAgg
 from flower_eec.strategies.hierarchical import Hierarchical, RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
 
-__all__ = ["BridgeEdge", "EdgeGrid", "FedAgg", "HierFedAvg", "Hierarchical", "RoundReport", "weighted_average"]
+__all__ = [
+    "BridgeEdge",
+    "EdgeGrid",
+    "FedAgg",
+    "HierFedAvg",
+    "Hierarchical",
+    "RoundReport",
+    "weighted_average",
+]
