@@ -1,11 +1,24 @@
 """The flower-eec ClientApp: one handler per message type, each delegating to ``clients``."""
 
+from collections.abc import Callable
+
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from flower_eec import clients
+from flower_eec.clients import fedin
+from flower_eec.clients.device import device_setup
 
 app = ClientApp()
+
+Handler = Callable[[Message, Context], Message]
+# Methods whose devices do more than local CE on received weights have their own handlers.
+TRAIN: dict[str, Handler] = {"fedin": fedin.train, "heteroavg": fedin.train}
+EVALUATE: dict[str, Handler] = {"fedin": fedin.evaluate_local, "heteroavg": fedin.evaluate_local}
+
+
+def _method(context: Context) -> str:
+    return device_setup(context)[0].method
 
 
 @app.query("describe")
@@ -16,11 +29,11 @@ def describe(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train locally from the received weights."""
-    return clients.train(msg, context)
+    """Train locally from the received weights (or the method's own device step)."""
+    return TRAIN.get(_method(context), clients.train)(msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received weights on the local test split."""
-    return clients.evaluate_local(msg, context)
+    return EVALUATE.get(_method(context), clients.evaluate_local)(msg, context)
