@@ -61,7 +61,7 @@ def dual_multipliers(gram: np.ndarray, linear: np.ndarray) -> QPSolution:
         if lam.min() < -1e-9 * scale:
             continue
         lam = np.maximum(lam, 0.0)
-        value = 0.5 * lam @ q @ lam + p @ lam
+        value = float(0.5 * lam @ q @ lam + p @ lam)
         if value < best_value - 1e-15 * scale:
             best, best_value = lam, value
     return QPSolution(float(best[0]), float(best[1]))

@@ -200,7 +200,7 @@ class FedIN(Strategy):
             self.counters["feature_bytes_up"] += sum(r.count_bytes() for r in self.store.values())
         metrics = _train_metrics(valid, self.weighted_by_key)
         for key in QP_COUNTS:
-            self.counters[key] += int(metrics[key])  # type: ignore[call-overload]
+            self.counters[key] += int(metrics[key])  # type: ignore[arg-type]
         return ArrayRecord({k: Array(v) for k, v in averaged.items()}), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -239,8 +239,13 @@ def _train_metrics(replies: list[Message], weighted_by_key: str) -> MetricRecord
         if pairs:
             merged[key] = sum(w * v for w, v in pairs) / sum(w for w, _ in pairs)
     for key in QP_COUNTS:
-        merged[key] = int(sum(int(m.get(key, 0)) for m in records))  # type: ignore[arg-type]
+        merged[key] = sum(_count(m, key) for m in records)
     return MetricRecord(merged)
+
+
+def _count(metrics: MetricRecord, key: str) -> int:
+    value = metrics.get(key, 0)
+    return int(value) if isinstance(value, (int, float)) else 0
 
 
 class HierFedIN(Hierarchical):
