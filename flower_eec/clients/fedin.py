@@ -116,7 +116,8 @@ def train_aligned(model: ResNet, data: Images, received: FeaturePayload, *, mu: 
     """Local CE training merged with IN training on ``received`` through FedIN's QP, per step.
 
     Per step: ``g_loc`` = grad of CE on a local mini-batch (all parameters); ``g_in`` = grad of
-    ``MSE(IN(s_in), s_out)`` on the whole received batch (IN parameters only); the step follows
+    ``MSE(IN(s_in), s_out) / mean(s_out^2)`` on the whole received batch (IN parameters only);
+    the step follows
     the QP's direction ``d`` with SGD (momentum, weight decay).
 
     Returns:
@@ -130,6 +131,9 @@ def train_aligned(model: ResNet, data: Images, received: FeaturePayload, *, mu: 
     optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     s_in = torch.from_numpy(received.s_in).to(device)
     s_out = torch.from_numpy(received.s_out).to(device)
+    # MSE relative to the target's mean square: scale-free, so mu means the same at any width,
+    # depth or training stage (raw MSE on growing features made SGD diverge on CIFAR-10).
+    target_power = s_out.pow(2).mean().clamp_min(1e-8)
     model.train()
     seen, loss_sum, correct, in_sum, steps, loc_binds, in_binds = 0, 0.0, 0, 0.0, 0, 0, 0
     for _ in range(epochs):
@@ -145,7 +149,7 @@ def train_aligned(model: ResNet, data: Images, received: FeaturePayload, *, mu: 
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             g_loc = _flat(list(torch.autograd.grad(loss, params, allow_unused=True)), params)
-            in_loss = F.mse_loss(model.intermediate(s_in), s_out)
+            in_loss = F.mse_loss(model.intermediate(s_in), s_out) / target_power
             in_grads = dict(zip(map(id, in_params),
                                 torch.autograd.grad(in_loss, in_params, allow_unused=True),
                                 strict=True))
