@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flower_eec.errors import ConfigError
 
-METHODS = ("fedavg", "hierfavg", "fedagg", "eclm")
+METHODS = ("fedavg", "hierfavg", "fedagg", "eclm", "fedin", "heteroavg")
 PROFILES_NAMES = ("smoke", "cpu", "paper")
 DATASETS = ("synthetic", "cifar10", "mnist")
 PARTITIONS = ("dirichlet", "iid", "pathological")
@@ -156,6 +156,26 @@ class EclmConfig:
 
 
 @dataclass
+class FedINConfig:
+    """FedIN and HeteroAvg (our reconstruction of arXiv 2304.00759, ALGORITHMS.md section 4).
+
+    ``depths``: the FedIN ResNet depths, devices split evenly over them (the deepest is the global
+    model); ``hierarchical``: run as the edge tier of ``Hierarchical`` instead of flat; ``mu``:
+    weight of the IN gradient in the QP's target; ``feature_batch``: samples per uploaded feature
+    batch (0: as many as fit in ``max_feature_bytes``, at most ``train.batch_size``); ``fp16``:
+    features travel as float16.
+    """
+
+    depths: list[str] = field(default_factory=lambda: [
+        "resnet10", "resnet14", "resnet18", "resnet22", "resnet26"])
+    hierarchical: bool = False
+    mu: float = 1.0
+    feature_batch: int = 0
+    max_feature_bytes: int = 1_000_000
+    fp16: bool = True
+
+
+@dataclass
 class Config:
     """Everything one run needs; every field has a default."""
 
@@ -171,6 +191,7 @@ class Config:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     fedagg: FedAggConfig = field(default_factory=FedAggConfig)
     eclm: EclmConfig = field(default_factory=EclmConfig)
+    fedin: FedINConfig = field(default_factory=FedINConfig)
 
 
 # Shared by every method so that methods are compared on the same data, topology and budget.
@@ -420,6 +441,7 @@ def validate(config: Config) -> None:
     if config.method == "fedagg":
         _validate_fedagg(config)
     _validate_eclm(config)
+    _validate_fedin(config.fedin)
 
 
 def _validate_fedagg(config: Config) -> None:
@@ -463,3 +485,16 @@ def _validate_eclm(config: Config) -> None:
     _check(config.data.holdout > 0 or e.offline_epochs == 0, "data.holdout", config.data.holdout,
            "a fraction in (0, 1) for ECLM's offline stage on the cloud's own data "
            "(or eclm.offline_epochs=0)")
+
+
+def _validate_fedin(f: FedINConfig) -> None:
+    from flower_eec.models.fedin import FEDIN_DEPTHS
+
+    _check(len(f.depths) >= 1 and len(set(f.depths)) == len(f.depths), "fedin.depths", f.depths,
+           f"a non-empty list of distinct depths from {list(FEDIN_DEPTHS)}")
+    for depth in f.depths:
+        _choice("fedin.depths", depth, FEDIN_DEPTHS)
+    _check(f.mu >= 0 and math.isfinite(f.mu), "fedin.mu", f.mu, "a number >= 0")
+    _check(f.feature_batch >= 0, "fedin.feature_batch", f.feature_batch,
+           "an integer >= 0 (0: the largest batch within fedin.max_feature_bytes)")
+    _check(f.max_feature_bytes > 0, "fedin.max_feature_bytes", f.max_feature_bytes, "> 0 bytes")

@@ -17,17 +17,20 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from flower_eec.clients.device import build_device_model
 from flower_eec.clients.fedagg import bridge_of
+from flower_eec.clients.fedin import device_depth, feature_spec, fedin_model
 from flower_eec.config import Config
 from flower_eec.data.federated import FederatedData, federated_data
 from flower_eec.eclm_training import offline_stage
 from flower_eec.errors import ConfigError
 from flower_eec.learning import evaluate, torch_device
 from flower_eec.models import count_parameters
+from flower_eec.models.fedin import deepest
 from flower_eec.models.modular import ModularNet, module_sizes
 from flower_eec.results import Recorder
-from flower_eec.strategies.discovery import wait_for_nodes
+from flower_eec.strategies.discovery import discover, wait_for_nodes
 from flower_eec.strategies.eclm import ECLM, EclmRoundReport
 from flower_eec.strategies.fedagg import FedAgg
+from flower_eec.strategies.fedin import FedIN, HierFedIN, sub_record, tensor_spec
 from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
 from flower_eec.topology import Topology
@@ -89,8 +92,11 @@ def _timing(traffic: dict[str, Traffic], exchange_s: float, server_s: float) -> 
             "device_compute_s": round(sum(t.device_compute_s for t in traffic.values()), 3)}
 
 
-def _round_recorder(grid: MeteredGrid, recorder: Recorder) -> Callable[[RoundReport], None]:
-    """The ``on_round`` hook of hierarchical methods: one results row per cloud round."""
+def _round_recorder(grid: MeteredGrid, recorder: Recorder,
+                    extra: Callable[[], dict[str, Any]] | None = None
+                    ) -> Callable[[RoundReport], None]:
+    """The ``on_round`` hook of hierarchical methods: one results row per cloud round
+    (``extra`` adds a method's own fields)."""
 
     def on_round(report: RoundReport) -> None:
         traffic, exchange_s = grid.drain()
@@ -104,6 +110,7 @@ def _round_recorder(grid: MeteredGrid, recorder: Recorder) -> Callable[[RoundRep
             "devices": devices,
             "comm_bytes": report.link_bytes,
             "timing": _timing(traffic, exchange_s, report.server_s),
+            **(extra() if extra else {}),
         })
 
     return on_round
@@ -247,13 +254,106 @@ def run_eclm(config: Config, grid: MeteredGrid, recorder: Recorder,
                    train_config=ConfigRecord({"lr": t.lr}), evaluate_fn=evaluate_fn)
 
 
+def depth_evaluator(config: Config, data: FederatedData) -> EvaluateFn:
+    """Evaluate the global (deepest) model and its sub-model of every depth on the global test set.
+
+    ``accuracy``/``loss`` are the global model's; ``accuracy_<depth>``/``loss_<depth>`` each depth
+    group's model (the global model's tensors that a device of that depth carries).
+    """
+    device = torch_device(config.simulation.torch_device)
+    models = {d: fedin_model(config, data, d).to(device) for d in config.fedin.depths}
+    top, test = deepest(config.fedin.depths), data.global_test()
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        metrics: dict[str, Any] = {}
+        for depth, model in models.items():
+            model.load_state_dict(sub_record(arrays, model.state_dict()).to_torch_state_dict())
+            result = evaluate(model, test, config.eval.batch_size)
+            metrics.update({f"{key}_{depth}": value for key, value in result.items()})
+            if depth == top:
+                metrics.update(result)
+        return MetricRecord(metrics)
+
+    return evaluate_fn
+
+
+def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
+    """FedIN (``fedin``) or its ablation HeteroAvg (``heteroavg``): depth-heterogeneous devices,
+    layer-wise averaging; flat, or as the edge tier of ``Hierarchical`` (``fedin.hierarchical``)."""
+    data = federated_data(config)
+    evaluate_fn = depth_evaluator(config, data)
+    initial = ArrayRecord(fedin_model(config, data, deepest(config.fedin.depths)).state_dict())
+    depth_keys = {d: list(fedin_model(config, data, d).state_dict()) for d in config.fedin.depths}
+    model_of = {k: tensor_spec(sub_record(initial, depth_keys[device_depth(config, k)]))
+                for k in range(config.topology.num_devices)}
+    features = feature_spec(config, data) if config.method == "fedin" else None
+    train_config = ConfigRecord({"lr": config.train.lr})
+
+    def fedin_stats(tiers: list[FedIN]) -> dict[str, int]:
+        drained = [tier.drain() for tier in tiers]
+        return {key: sum(d[key] for d in drained) for key in drained[0]}
+
+    if config.fedin.hierarchical:
+        on_round = _round_recorder(
+            grid, recorder, lambda: {"fedin": fedin_stats(list(hier.edges.values()))})
+
+        hier = HierFedIN(model_of, build_topology(config), features, seed=config.seed,
+                         evaluate_devices=config.eval.devices,
+                         edge_rounds=config.train.edge_rounds, evaluate_edges=config.eval.edges,
+                         evaluate_every=config.eval.every, on_round=on_round,
+                         node_wait=config.simulation.node_wait)
+        hier.start(grid, initial, num_rounds=config.train.rounds,
+                   timeout=config.simulation.timeout, train_config=train_config,
+                   evaluate_fn=evaluate_fn)
+        return
+
+    node_ids = wait_for_nodes(grid, config.topology.num_devices, config.simulation.node_wait)
+    node_of = discover(grid, node_ids, timeout=min(config.simulation.timeout, 120.0))
+    flat = FedIN(model_of, features, seed=config.seed, evaluate_devices=config.eval.devices)
+    flat.device_of = {node: device for device, node in node_of.items()}
+    grid.drain()  # discovery is not part of round 1
+
+    def on_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        started = time.perf_counter()
+        last = server_round == config.train.rounds
+        metrics = (evaluate_fn(server_round, arrays)
+                   if server_round % config.eval.every == 0 or last else None)
+        server_s = time.perf_counter() - started
+        traffic, exchange_s = grid.drain()
+        devices: dict[str, Any] = {"participants": len(node_ids),
+                                   "failures": len(flat.failures)}
+        if flat.last_evaluate is not None:
+            devices["mean_local_accuracy"] = flat.last_evaluate.get("accuracy")
+            devices["mean_local_loss"] = flat.last_evaluate.get("loss")
+            flat.last_evaluate = None
+        recorder.add_round({
+            "round": server_round, "cloud": dict(metrics or {}), "devices": devices,
+            "comm_bytes": {
+                "cloud_to_device": sum(t.sent_bytes for t in traffic.values()),
+                "device_to_cloud": sum(t.received_bytes for t in traffic.values())},
+            "fedin": fedin_stats([flat]),
+            "timing": _timing(traffic, exchange_s, server_s)})
+        return metrics
+
+    flat.start(grid, initial, num_rounds=config.train.rounds, timeout=config.simulation.timeout,
+               train_config=train_config, evaluate_fn=on_evaluate)
+
+
 METHODS = {"fedavg": run_fedavg, "hierfavg": run_hierfavg, "fedagg": run_fedagg,
            "eclm": run_eclm}
+# Methods whose devices carry different models: they build their own models and evaluators.
+HETEROGENEOUS = {"fedin": run_fedin, "heteroavg": run_fedin}
 
 
 def run(grid: Grid, config: Config) -> dict[str, Any]:
     """Run ``config.method`` on ``grid``; write and return the results."""
     torch.manual_seed(config.seed)
+    if config.method in HETEROGENEOUS:
+        recorder = Recorder(config, results_dir(config))
+        HETEROGENEOUS[config.method](config, MeteredGrid(grid), recorder)
+        return recorder.finish()
     data = federated_data(config)
     if config.method == "fedagg":
         cloud, tiers = config.model.cloud, [config.model.edge, config.model.cloud]

@@ -253,3 +253,79 @@ def embeddings_from_record(
             bad = low if low < 0 else high
             raise PayloadError(f"labels hold {bad}, outside the range [0, {num_classes})")
     return EmbeddingPayload(_as_float32(EMBEDDINGS, codes), labels)
+
+
+# --- FedIN's feature batches (Chan et al., arXiv 2304.00759) ----------------------------------
+
+FEATURES_IN = "s-in"
+FEATURES_OUT = "s-out"
+
+
+@dataclass(frozen=True, eq=False)
+class FeaturePayload:
+    """One batch of a device's features: ``s_in = E(x)`` and ``s_out = IN_k(E(x))`` (FedIN).
+
+    Attributes:
+        s_in: ``(N, ...)`` float32 or float16, finite: the input of the intermediate layers.
+        s_out: ``(N, ...)`` float32 or float16, finite: their output (the classifier's input).
+    """
+
+    s_in: np.ndarray
+    s_out: np.ndarray
+
+    def __post_init__(self) -> None:
+        """Refuse arrays that do not hold what the type promises."""
+        for name, value in ((FEATURES_IN, self.s_in), (FEATURES_OUT, self.s_out)):
+            if value.ndim < 2 or value.shape[0] < 1:
+                raise PayloadError(f"{name} shape {value.shape}, expected (N, ...) with N >= 1")
+            _check_float(name, value)
+        if self.s_in.shape[0] != self.s_out.shape[0]:
+            raise PayloadError(f"{FEATURES_IN} hold {self.s_in.shape[0]} samples but "
+                               f"{FEATURES_OUT} hold {self.s_out.shape[0]}")
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples N."""
+        return int(self.s_in.shape[0])
+
+
+def feature_bytes_per_sample(in_shape: Sequence[int], out_shape: Sequence[int],
+                             fp16: bool) -> int:
+    """Wire bytes of one sample's ``(s_in, s_out)`` (array data only)."""
+    return (int(np.prod(in_shape)) + int(np.prod(out_shape))) * (2 if fp16 else 4)
+
+
+def features_to_record(payload: FeaturePayload, fp16: bool = True) -> ArrayRecord:
+    """The feature batch as an ArrayRecord; float16 on the wire when ``fp16`` (the default).
+
+    Raises:
+        PayloadError: ``fp16`` is asked for but a value does not fit float16.
+    """
+    return ArrayRecord({FEATURES_IN: _wire_float(FEATURES_IN, payload.s_in, fp16),
+                        FEATURES_OUT: _wire_float(FEATURES_OUT, payload.s_out, fp16)})
+
+
+def features_from_record(record: ArrayRecord, *, in_shape: tuple[int, ...],
+                         out_shape: tuple[int, ...], max_samples: int,
+                         max_bytes: int) -> FeaturePayload:
+    """Read and validate a feature batch; floats come back as float32.
+
+    Args:
+        record: What ``features_to_record`` made, as received.
+        in_shape: Per-sample shape of ``s_in`` (the extractor's output for the run's images).
+        out_shape: Per-sample shape of ``s_out``.
+        max_samples: Most samples accepted (the run's feature batch size).
+        max_bytes: Largest record accepted (checked before decoding).
+
+    Raises:
+        PayloadError: A key is missing or unexpected, the record is too large, an array has the
+            wrong dtype or shape, the two disagree on N, N is 0 or over ``max_samples``, or a
+            value is NaN/Inf.
+    """
+    _check_record("features", record, (FEATURES_IN, FEATURES_OUT), (), max_bytes)
+    count = int(record[FEATURES_IN].shape[0]) if record[FEATURES_IN].shape else 0
+    if not 1 <= count <= max_samples:
+        raise PayloadError(f"{FEATURES_IN} hold {count} samples; expected 1 to {max_samples}")
+    s_in = _decode(FEATURES_IN, record[FEATURES_IN], FLOAT_DTYPES, (count, *in_shape))
+    s_out = _decode(FEATURES_OUT, record[FEATURES_OUT], FLOAT_DTYPES, (count, *out_shape))
+    return FeaturePayload(_as_float32(FEATURES_IN, s_in), _as_float32(FEATURES_OUT, s_out))

@@ -96,3 +96,26 @@ def test_cli_rejects_unknown_key(tmp_path: Path) -> None:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "train.learning_rate" in done.stderr
+
+
+def test_flwr_run_fedin_smoke(tmp_path: Path) -> None:
+    """`flwr run .` of FedIN's smoke profile: depth-heterogeneous devices exchange features."""
+    home, out = tmp_path / "flwr-home", tmp_path / "out"
+    command = [str(Path(sys.executable).parent / "flwr"), "run", ".", "--stream",
+               "--federation-config", "num-supernodes=4",
+               "--run-config", f"profile='smoke' method='fedin' out='{out}'"]
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=_flower_env(home), capture_output=True,
+                              text=True, timeout=600)
+    finally:
+        stopped = _stop_processes_mentioning(str(home))
+    assert stopped, "flwr run should have started a SuperLink under this test's FLWR_HOME"
+    assert (out / "results.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["method"] == "fedin"
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert all(r["devices"]["failures"] == 0 for r in summary["rounds"])
+    assert all(r["comm_bytes"]["device_to_cloud"] > 0 for r in summary["rounds"])
+    assert summary["rounds"][1]["fedin"]["feature_bytes_down"] > 0
+    assert all(0.0 <= summary["rounds"][-1]["cloud"][f"accuracy_{d}"] <= 1.0
+               for d in ("resnet10", "resnet18", "resnet26"))

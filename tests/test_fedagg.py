@@ -11,6 +11,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Context, Message
 
 from flower_eec import experiment
+from flower_eec.app import client_app
 from flower_eec.app.client_app import app
 from flower_eec.clients import fedagg as device_side
 from flower_eec.config import Config, resolve, to_json
@@ -187,7 +188,7 @@ def spy_on_passes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int,
         return train(msg, context)
 
     monkeypatch.setattr(server_side.BridgeEdge, "learn", server_learns)
-    monkeypatch.setattr(device_side, "train", device_learns)
+    monkeypatch.setitem(client_app.TRAIN, "fedagg", device_learns)
     return events
 
 

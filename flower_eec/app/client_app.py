@@ -1,12 +1,25 @@
 """The flower-eec ClientApp: one handler per message type, each delegating to ``clients``."""
 
+from collections.abc import Callable
+
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from flower_eec import clients
-from flower_eec.clients import eclm, fedagg
+from flower_eec.clients import eclm, fedagg, fedin
+from flower_eec.clients.device import device_setup
 
 app = ClientApp()
+
+Handler = Callable[[Message, Context], Message]
+# Methods whose devices do more than local CE on received weights have their own handlers.
+TRAIN: dict[str, Handler] = {"fedin": fedin.train, "heteroavg": fedin.train,
+                             "fedagg": fedagg.train, "eclm": eclm.train}
+EVALUATE: dict[str, Handler] = {"fedin": fedin.evaluate_local, "heteroavg": fedin.evaluate_local}
+
+
+def _method(context: Context) -> str:
+    return device_setup(context)[0].method
 
 
 @app.query("describe")
@@ -29,16 +42,12 @@ def route(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train locally: from received weights, from a teacher's logits (FedAgg), or adapt a
-    received sub-model (ECLM)."""
-    if fedagg.TEACHER in msg.content.array_records:
-        return fedagg.train(msg, context)
-    if eclm.is_eclm(msg):
-        return eclm.train(msg, context)
-    return clients.train(msg, context)
+    """Train locally from the received weights, or do the method's own device step (FedAgg:
+    learn from the edge's logits; ECLM: adapt the received sub-model; FedIN: IN training)."""
+    return TRAIN.get(_method(context), clients.train)(msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received weights, or the model the device keeps, on its local test split."""
-    return clients.evaluate_local(msg, context)
+    return EVALUATE.get(_method(context), clients.evaluate_local)(msg, context)

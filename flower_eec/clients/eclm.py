@@ -30,11 +30,6 @@ SUBMODEL = "eclm"  # ConfigRecord of a train message naming the sub-model's modu
 USAGE = "usage"
 
 
-def is_eclm(msg: Message) -> bool:
-    """Whether a train message carries an ECLM sub-model."""
-    return SUBMODEL in msg.content.config_records
-
-
 def layer_key(layer: int) -> str:
     """ConfigRecord key listing the modules of ``layer`` in a sub-model."""
     return f"layer-{layer}"
