@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from flower_eec.data.augment import augment, normalise
+from flower_eec.data.augment import normalise
 from flower_eec.eclm_math import load_balancing_loss, routing_mass
-from flower_eec.learning import Images
+from flower_eec.learning import Images, minibatches
 from flower_eec.models.modular import ModularNet
 
 
@@ -32,26 +32,18 @@ def train_modular(model: ModularNet, data: Images, *, epochs: int, batch_size: i
                                 weight_decay=weight_decay)
     model.train()
     seen, ce_sum, lb_sum, correct = 0, 0.0, 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), batch_size):
-            index = order[start:start + batch_size]
-            if len(index) < 2 and len(data) >= 2:
-                continue  # BatchNorm cannot train on a single example
-            x = normalise(data.x[index], data.mean, data.std).to(device)
-            if augmented:
-                x = augment(x, generator, cutout=cutout)
-            y = data.y[index].to(device)
-            logits, routing = model.forward_routed(x)
-            ce = F.cross_entropy(logits, y)
-            lb = load_balancing_loss(routing.gates, routing.chosen, model.available)
-            optimiser.zero_grad(set_to_none=True)
-            (ce + lb_weight * lb).backward()
-            optimiser.step()
-            seen += len(index)
-            ce_sum += float(ce.detach()) * len(index)
-            lb_sum += float(lb.detach()) * len(index)
-            correct += int((logits.argmax(1) == y).sum())
+    for x, y in minibatches(data, epochs=epochs, batch_size=batch_size, augmented=augmented,
+                             cutout=cutout, generator=generator, device=device):
+        logits, routing = model.forward_routed(x)
+        ce = F.cross_entropy(logits, y)
+        lb = load_balancing_loss(routing.gates, routing.chosen, model.available)
+        optimiser.zero_grad(set_to_none=True)
+        (ce + lb_weight * lb).backward()
+        optimiser.step()
+        seen += len(y)
+        ce_sum += float(ce.detach()) * len(y)
+        lb_sum += float(lb.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
     n = max(seen, 1)
     return {"train_loss": ce_sum / n, "train_accuracy": correct / n, "train_lb_loss": lb_sum / n}
 

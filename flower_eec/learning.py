@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +32,25 @@ def torch_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def minibatches(data: Images, *, epochs: int, batch_size: int, augmented: bool, cutout: int,
+                generator: torch.Generator | None, device: torch.device
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled mini-batches ``(x, y)`` of normalised (and augmented) images, on ``device``.
+
+    A last batch of one example is skipped: BatchNorm cannot train on it.
+    """
+    for _ in range(epochs):
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(data), batch_size):
+            index = order[start:start + batch_size]
+            if len(index) < 2 and len(data) >= 2:
+                continue
+            x = normalise(data.x[index], data.mean, data.std).to(device)
+            if augmented:
+                x = augment(x, generator, cutout=cutout)
+            yield x, data.y[index].to(device)
+
+
 def train_epochs(model: nn.Module, data: Images, *, epochs: int, batch_size: int, lr: float,
                  momentum: float = 0.9, weight_decay: float = 0.0, augmented: bool = True,
                  cutout: int = 0, generator: torch.Generator | None = None) -> dict[str, float]:
@@ -44,24 +63,16 @@ def train_epochs(model: nn.Module, data: Images, *, epochs: int, batch_size: int
                                 weight_decay=weight_decay)
     model.train()
     seen, loss_sum, correct = 0, 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), batch_size):
-            index = order[start:start + batch_size]
-            if len(index) < 2 and len(data) >= 2:
-                continue  # BatchNorm cannot train on a single example
-            x = normalise(data.x[index], data.mean, data.std).to(device)
-            if augmented:
-                x = augment(x, generator, cutout=cutout)
-            y = data.y[index].to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            seen += len(index)
-            loss_sum += float(loss.detach()) * len(index)
-            correct += int((logits.argmax(1) == y).sum())
+    for x, y in minibatches(data, epochs=epochs, batch_size=batch_size, augmented=augmented,
+                             cutout=cutout, generator=generator, device=device):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        seen += len(y)
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
     return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
 
 

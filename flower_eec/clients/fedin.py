@@ -18,11 +18,11 @@ from torch.nn import functional as F
 
 from flower_eec.clients.device import device_setup
 from flower_eec.config import Config
-from flower_eec.data.augment import augment, normalise
+from flower_eec.data.augment import normalise
 from flower_eec.data.federated import FederatedData
 from flower_eec.errors import ConfigError
 from flower_eec.fedin_qp import conflict_direction
-from flower_eec.learning import Images, evaluate, train_epochs
+from flower_eec.learning import Images, evaluate, minibatches, train_epochs
 from flower_eec.models.fedin import assign_depths, build_fedin_model, feature_shapes
 from flower_eec.models.resnet import ResNet
 from flower_eec.payloads import (
@@ -136,37 +136,29 @@ def train_aligned(model: ResNet, data: Images, received: FeaturePayload, *, mu: 
     target_power = s_out.pow(2).mean().clamp_min(1e-8)
     model.train()
     seen, loss_sum, correct, in_sum, steps, loc_binds, in_binds = 0, 0.0, 0, 0.0, 0, 0, 0
-    for _ in range(epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for start in range(0, len(data), batch_size):
-            index = order[start:start + batch_size]
-            if len(index) < 2 and len(data) >= 2:
-                continue  # BatchNorm cannot train on a single example
-            x = normalise(data.x[index], data.mean, data.std).to(device)
-            if augmented:
-                x = augment(x, generator, cutout=cutout)
-            y = data.y[index].to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            g_loc = _flat(list(torch.autograd.grad(loss, params, allow_unused=True)), params)
-            in_loss = F.mse_loss(model.intermediate(s_in), s_out) / target_power
-            in_grads = dict(zip(map(id, in_params),
-                                torch.autograd.grad(in_loss, in_params, allow_unused=True),
-                                strict=True))
-            g_in = _flat([in_grads.get(id(p)) for p in params], params)
-            direction, solution = conflict_direction(g_loc, g_in, mu)
-            offset = 0
-            for p in params:
-                p.grad = direction[offset:offset + p.numel()].view_as(p).clone()
-                offset += p.numel()
-            optimiser.step()
-            steps += 1
-            loc_binds += solution.loc_binds
-            in_binds += solution.in_binds
-            seen += len(index)
-            loss_sum += float(loss.detach()) * len(index)
-            in_sum += float(in_loss.detach())
-            correct += int((logits.argmax(1) == y).sum())
+    for x, y in minibatches(data, epochs=epochs, batch_size=batch_size, augmented=augmented,
+                             cutout=cutout, generator=generator, device=device):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        g_loc = _flat(list(torch.autograd.grad(loss, params, allow_unused=True)), params)
+        in_loss = F.mse_loss(model.intermediate(s_in), s_out) / target_power
+        in_grads = dict(zip(map(id, in_params),
+                            torch.autograd.grad(in_loss, in_params, allow_unused=True),
+                            strict=True))
+        g_in = _flat([in_grads.get(id(p)) for p in params], params)
+        direction, solution = conflict_direction(g_loc, g_in, mu)
+        offset = 0
+        for p in params:
+            p.grad = direction[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        optimiser.step()
+        steps += 1
+        loc_binds += solution.loc_binds
+        in_binds += solution.in_binds
+        seen += len(y)
+        loss_sum += float(loss.detach()) * len(y)
+        in_sum += float(in_loss.detach())
+        correct += int((logits.argmax(1) == y).sum())
     return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
             "in_loss": in_sum / max(steps, 1), "qp_steps": steps, "qp_loc_binds": loc_binds,
             "qp_in_binds": in_binds}
