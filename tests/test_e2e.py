@@ -54,13 +54,14 @@ def _check_results(out: Path, rounds: int) -> dict:
     return summary
 
 
-@pytest.mark.parametrize("method", ["hierfavg", "fedagg"])
-def test_flwr_run_smoke(tmp_path: Path, method: str) -> None:
-    """`flwr run .` of the smoke profile, offline; the SuperLink it starts is stopped after."""
+def flwr_run(tmp_path: Path, method: str, overrides: str = "") -> dict:
+    """`flwr run .` of ``method``'s smoke profile on 4 SuperNodes, offline; the SuperLink it
+    starts is stopped after. Returns results.json."""
     home, out = tmp_path / "flwr-home", tmp_path / "out"
     command = [str(Path(sys.executable).parent / "flwr"), "run", ".", "--stream",
                "--federation-config", "num-supernodes=4",
-               "--run-config", f"profile='smoke' method='{method}' out='{out}'"]
+               "--run-config", f"profile='smoke' method='{method}' out='{out}' "
+                               f"overrides='{overrides}'"]
     try:
         done = subprocess.run(command, cwd=ROOT, env=_flower_env(home), capture_output=True,
                               text=True, timeout=600)
@@ -68,8 +69,16 @@ def test_flwr_run_smoke(tmp_path: Path, method: str) -> None:
         stopped = _stop_processes_mentioning(str(home))
     assert stopped, "flwr run should have started a SuperLink under this test's FLWR_HOME"
     assert (out / "results.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    summary = _check_results(out, rounds=2)
+    summary = json.loads((out / "results.json").read_text())
     assert summary["method"] == method
+    return summary
+
+
+@pytest.mark.parametrize("method", ["hierfavg", "fedagg"])
+def test_flwr_run_smoke(tmp_path: Path, method: str) -> None:
+    """HierFAVG and FedAgg under `flwr run .`: every round recorded, traffic on device links."""
+    flwr_run(tmp_path, method)
+    _check_results(tmp_path / "out", rounds=2)
 
 
 def test_cli_run_fedavg_on_ray(tmp_path: Path) -> None:
@@ -100,22 +109,25 @@ def test_cli_rejects_unknown_key(tmp_path: Path) -> None:
 
 def test_flwr_run_fedin_smoke(tmp_path: Path) -> None:
     """`flwr run .` of FedIN's smoke profile: depth-heterogeneous devices exchange features."""
-    home, out = tmp_path / "flwr-home", tmp_path / "out"
-    command = [str(Path(sys.executable).parent / "flwr"), "run", ".", "--stream",
-               "--federation-config", "num-supernodes=4",
-               "--run-config", f"profile='smoke' method='fedin' out='{out}'"]
-    try:
-        done = subprocess.run(command, cwd=ROOT, env=_flower_env(home), capture_output=True,
-                              text=True, timeout=600)
-    finally:
-        stopped = _stop_processes_mentioning(str(home))
-    assert stopped, "flwr run should have started a SuperLink under this test's FLWR_HOME"
-    assert (out / "results.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads((out / "results.json").read_text())
-    assert summary["method"] == "fedin"
+    summary = flwr_run(tmp_path, "fedin")
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert all(r["devices"]["failures"] == 0 for r in summary["rounds"])
     assert all(r["comm_bytes"]["device_to_cloud"] > 0 for r in summary["rounds"])
     assert summary["rounds"][1]["fedin"]["feature_bytes_down"] > 0
     assert all(0.0 <= summary["rounds"][-1]["cloud"][f"accuracy_{d}"] <= 1.0
                for d in ("resnet10", "resnet18", "resnet26"))
+
+
+def test_flwr_run_eclm_smoke(tmp_path: Path) -> None:
+    """Three ECLM rounds on 4 SuperNodes: every device reports, adapts and is merged each round."""
+    summary = flwr_run(tmp_path, "eclm", "train.rounds=3")
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3]
+    for record in summary["rounds"]:
+        assert (record["devices"]["participants"], record["devices"]["failures"]) == (4, 0)
+        assert 0 <= record["devices"]["mean_local_accuracy"] <= 1
+        assert record["comm_bytes"]["device_to_cloud"] > 0
+        assert record["eclm"]["mean_submodel_params"] < record["eclm"]["full_model_params"]
+    # smoke shifts labels and budgets every round: every device gets a new sub-model each round
+    assert all(r["eclm"]["rederived"] == 4 for r in summary["rounds"])
+    assert "eclm_offline" in summary
+    assert 0.0 <= summary["final"]["cloud_accuracy"] <= 1.0
