@@ -118,8 +118,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['round_30'] or '-'} | {r['wall_s']:.1f} | {r['server_s']:.1f} | "
             f"{r['exchange_s']:.1f} | {r['device_s']:.1f} | {r['rest_s']:.1f} |")
     lines += ["", "Seconds per round from round 2 on: server = edge and cloud compute (teacher "
-              "logits, distillation, central evaluation); exchange = inside `send_and_receive` (devices "
-              "train there, two Ray actors at a time); device compute = the devices' own "
+              "logits, distillation, central evaluation); exchange = inside `send_and_receive` "
+              "(devices train there, two Ray actors at a time); device compute = the devices' own "
               "seconds, summed; rest = everything else (Flower, records, results)."]
     links = sorted({k for r in rows for k in r["bytes_per_round"]
                     if any(x["bytes_per_round"].get(k) for x in rows)})
