@@ -258,3 +258,13 @@ def test_config_names_what_fedagg_needs() -> None:
         "cnn3", "resnet10", "resnet18")
     assert (config.topology.num_devices, config.topology.num_edges) == (225, 15)
     assert (config.train.batch_size, config.train.lr, config.fedagg.beta) == (8, 1e-3, 10.0)
+
+
+def test_devices_keep_their_own_models_of_mixed_sizes(tmp_path: Path) -> None:
+    config = smoke(tmp_path, train={"rounds": 1},
+                   model={"large_device": "resnet10", "large_fraction": 0.5})
+    summary, grid = run(config)
+    assert summary["rounds"][0]["devices"]["failures"] == 0
+    kept = [context.state.array_records["model"] for context in grid.contexts.values()]
+    resnets = ["extractor.layer1.0.conv1.weight" in record for record in kept]
+    assert sorted(resnets) == [False, False, True, True]
