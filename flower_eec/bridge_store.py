@@ -17,6 +17,8 @@ from flower_eec.payloads import EmbeddingPayload
 class BridgeStore:
     """Bridge samples ``dec(eps)`` and labels per device, in the order the device uploaded them.
 
+    A device's entry is replaced when it uploads again.
+
     Args:
         bridge: The frozen autoencoder (its decoder turns codes into bridge samples).
         mean, std: The dataset's normalisation; bridge samples are normalised like real images
@@ -29,7 +31,7 @@ class BridgeStore:
     def __init__(self, bridge: BridgeAutoencoder, mean: Sequence[float], std: Sequence[float],
                  raw: bool = False, device: torch.device | None = None,
                  batch_size: int = 1000) -> None:
-        self.bridge = bridge
+        self.bridge = bridge.eval().requires_grad_(False)
         self.mean, self.std = mean, std
         self.raw = raw
         self.device = device or torch.device("cpu")
@@ -45,11 +47,6 @@ class BridgeStore:
                                        self.batch_size).to(self.device)
         self._labels[device] = torch.from_numpy(payload.labels)
         self._codes_bytes[device] = wire_bytes
-
-    def remove(self, device: int) -> None:
-        """Forget a device."""
-        for table in (self._samples, self._labels, self._codes_bytes):
-            table.pop(device, None)
 
     def __contains__(self, device: object) -> bool:
         return device in self._samples

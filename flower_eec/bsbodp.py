@@ -46,8 +46,12 @@ def logits_on(model: nn.Module, samples: torch.Tensor, batch_size: int,
     """
     device = next(model.parameters()).device
     model.train(bn_train)
-    parts = [model(samples[start:start + batch_size].to(device)).float().cpu()
-             for start in range(0, len(samples), batch_size)]
+    starts = list(range(0, len(samples), batch_size))
+    if bn_train and len(starts) > 1 and len(samples) - starts[-1] == 1:
+        starts.pop()  # BatchNorm cannot normalise one example: it joins the batch before
+    ends = [*starts[1:], len(samples)]
+    parts = [model(samples[start:end].to(device)).float().cpu()
+             for start, end in zip(starts, ends, strict=True)]
     return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 

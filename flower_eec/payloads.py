@@ -18,6 +18,10 @@ SAMPLE_IDS = "sample-ids"
 EMBEDDINGS = "embeddings"
 LABELS = "labels"
 EMBEDDING_SHAPE = (4, 8, 8)
+# Names of the records in FedAgg's messages
+TEACHER_RECORD = "teacher"  # train message: the parent's logits on the device's bridge samples
+LOGITS_RECORD = "logits"  # train reply: the device's own logits on the same samples
+EMBEDDINGS_RECORD = "embeddings"  # query.embed reply: codes and labels
 FLOAT_DTYPES = ("float32", "float16")
 _NUMPY_STYPE = "numpy.ndarray"
 _FP16_MAX = float(np.finfo(np.float16).max)
@@ -133,6 +137,16 @@ def to_record(payload: LogitsPayload | EmbeddingPayload, fp16: bool = False) -> 
     else:
         raise TypeError(f"not a payload: {type(payload).__name__}")
     return ArrayRecord(arrays)
+
+
+def logits_limit(num_samples: int, num_classes: int) -> int:
+    """Largest logits record accepted for ``num_samples`` rows: float32 data plus key overhead."""
+    return num_samples * (num_classes * 4 + 8) + 4096
+
+
+def embeddings_limit(num_samples: int, embedding_shape: tuple[int, ...] = EMBEDDING_SHAPE) -> int:
+    """Largest embeddings record accepted for ``num_samples`` codes with their int64 labels."""
+    return num_samples * (4 * int(np.prod(embedding_shape)) + 8) + 4096
 
 
 def payload_bytes(record: ArrayRecord) -> int:

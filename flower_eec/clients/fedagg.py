@@ -21,11 +21,16 @@ from flower_eec.config import Config
 from flower_eec.data.augment import augment, normalise
 from flower_eec.data.federated import FederatedData
 from flower_eec.models.bridge import BridgeAutoencoder, load_bridge
-from flower_eec.payloads import EmbeddingPayload, LogitsPayload, logits_from_record, to_record
-
-TEACHER = "teacher"  # the ArrayRecord of teacher logits in a train message
-LOGITS = "logits"  # the ArrayRecord of the device's own logits in its reply
-EMBEDDINGS = "embeddings"  # the ArrayRecord of codes in a query.embed reply
+from flower_eec.payloads import (
+    EMBEDDINGS_RECORD,
+    LOGITS_RECORD,
+    TEACHER_RECORD,
+    EmbeddingPayload,
+    LogitsPayload,
+    logits_from_record,
+    logits_limit,
+    to_record,
+)
 
 
 @lru_cache(maxsize=2)
@@ -35,24 +40,38 @@ def bridge_of(path: str) -> BridgeAutoencoder:
 
 
 _CODES: dict[tuple[object, ...], torch.Tensor] = {}
+_SAMPLES: dict[tuple[object, ...], torch.Tensor] = {}
+
+
+def _key(config: Config, device: int) -> tuple[object, ...]:
+    """Every setting that decides the device's shard and its codes."""
+    f = config.fedagg
+    return (astuple(config.data), config.seed, config.topology.num_devices, f.bridge_weights,
+            f.fp16, device)
 
 
 def device_codes(config: Config, data: FederatedData, device: int) -> torch.Tensor:
-    """The device's codes as the server receives them (float16-rounded when ``fedagg.fp16``).
-
-    Encoded once per process; the key holds every setting that decides the shard and the codes.
-    """
-    f = config.fedagg
-    key = (astuple(config.data), config.seed, config.topology.num_devices, f.bridge_weights,
-           f.fp16, device)
+    """The device's codes as the server receives them (float16-rounded when ``fedagg.fp16``),
+    encoded once per process."""
+    key = _key(config, device)
     if key not in _CODES:
         shard = data.device_train(device)
-        bridge = bridge_of(f.bridge_weights)
+        bridge = bridge_of(config.fedagg.bridge_weights)
         with torch.no_grad():
             codes = torch.cat([bridge.encode(shard.x[i:i + 1000].float() / 255.0)
                                for i in range(0, len(shard), 1000)])
-        _CODES[key] = codes.half().float() if f.fp16 else codes
+        _CODES[key] = codes.half().float() if config.fedagg.fp16 else codes
     return _CODES[key]
+
+
+def device_samples(config: Config, data: FederatedData, device: int) -> torch.Tensor:
+    """The device's bridge samples, the same rows as its store entry, decoded once per process."""
+    f = config.fedagg
+    key = (*_key(config, device), f.fidelity)
+    if key not in _SAMPLES:
+        _SAMPLES[key] = decode(bridge_of(f.bridge_weights), device_codes(config, data, device),
+                               data.dataset.mean, data.dataset.std, raw=f.fidelity)
+    return _SAMPLES[key]
 
 
 def embed(msg: Message, context: Context) -> Message:
@@ -62,7 +81,7 @@ def embed(msg: Message, context: Context) -> Message:
     labels = data.device_train(device).y.numpy()
     payload = EmbeddingPayload(codes.numpy(), labels)
     return Message(RecordDict({
-        EMBEDDINGS: to_record(payload, fp16=config.fedagg.fp16),
+        EMBEDDINGS_RECORD: to_record(payload, fp16=config.fedagg.fp16),
         "metrics": MetricRecord({"num-examples": len(labels)}),
     }), reply_to=msg)
 
@@ -85,14 +104,13 @@ def train(msg: Message, context: Context) -> Message:
     config, data, device = device_setup(context)
     f, t = config.fedagg, config.train
     labels = data.device_train(device).y
-    teacher = logits_from_record(msg.content.array_records[TEACHER], num_samples=len(labels),
+    teacher = logits_from_record(msg.content.array_records[TEACHER_RECORD], num_samples=len(labels),
                                  num_classes=data.dataset.num_classes,
                                  max_bytes=logits_limit(len(labels), data.dataset.num_classes))
     sent = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(sent.get("server-round", 0))  # type: ignore[arg-type]
     model = own_model(config, data, device, context)
-    samples = decode(bridge_of(f.bridge_weights), device_codes(config, data, device),
-                     data.dataset.mean, data.dataset.std, raw=f.fidelity)
+    samples = device_samples(config, data, device)
     settings = Distillation(T=f.T, beta=f.beta_leaf, lr=float(sent.get("lr", t.lr)),  # type: ignore[arg-type]
                             momentum=t.momentum, weight_decay=t.weight_decay,
                             batch_size=t.batch_size)
@@ -106,10 +124,5 @@ def train(msg: Message, context: Context) -> Message:
                     bn_train=f.fidelity)
     keep_model(context, model)
     metrics.update({"num-examples": len(labels), "compute_s": time.perf_counter() - started})
-    return Message(RecordDict({LOGITS: to_record(LogitsPayload(own.numpy()), fp16=f.fp16),
+    return Message(RecordDict({LOGITS_RECORD: to_record(LogitsPayload(own.numpy()), fp16=f.fp16),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
-
-
-def logits_limit(num_samples: int, num_classes: int) -> int:
-    """Largest logits record accepted for ``num_samples`` rows: float32 data plus key overhead."""
-    return num_samples * num_classes * 4 + num_samples * 8 + 4096

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from logging import INFO, WARNING
 
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -30,11 +30,13 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float = 60.0) -> list[int
     return node_ids
 
 
-def discover(grid: Grid, node_ids: list[int], timeout: float = 60.0) -> dict[int, int]:
+def discover(grid: Grid, node_ids: list[int], timeout: float = 60.0,
+             answers: dict[int, ConfigRecord] | None = None) -> dict[int, int]:
     """Map device index (the node's ``partition-id``) to node id.
 
     Nodes whose ClientApp answers ``query.describe`` with a ``partition-id`` are placed by it;
     if any does not, every node is placed by sorted node id (deterministic within a run).
+    ``answers``, when given, receives each placed device's answer (e.g. its ``num-train``).
     """
     messages = [Message(RecordDict(), dst_node_id=n, message_type=DESCRIBE) for n in node_ids]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
@@ -46,9 +48,13 @@ def discover(grid: Grid, node_ids: list[int], timeout: float = 60.0) -> dict[int
         pid = described.get("partition-id")
         if isinstance(pid, int) and 0 <= pid < len(node_ids):
             placed[pid] = reply.metadata.src_node_id
+            if answers is not None:
+                answers[pid] = described
     if len(placed) == len(node_ids) and len(set(placed.values())) == len(node_ids):
         log(INFO, "Discovered %d devices through %s", len(placed), DESCRIBE)
         return dict(sorted(placed.items()))
     log(WARNING, "%d of %d nodes answered %s; placing devices by sorted node id",
         len(placed), len(node_ids), DESCRIBE)
+    if answers is not None:
+        answers.clear()  # they were keyed by partition ids that now place nothing
     return dict(enumerate(sorted(node_ids)))

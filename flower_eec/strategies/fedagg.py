@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any, cast
 
 import torch
@@ -24,13 +24,17 @@ from torch import nn
 
 from flower_eec.bridge_store import BridgeStore
 from flower_eec.bsbodp import Distillation, distil_pass, logits_on
-from flower_eec.clients.fedagg import EMBEDDINGS, LOGITS, TEACHER, logits_limit
 from flower_eec.errors import PayloadError
 from flower_eec.models.bridge import BridgeAutoencoder
 from flower_eec.payloads import (
+    EMBEDDINGS_RECORD,
+    LOGITS_RECORD,
+    TEACHER_RECORD,
     LogitsPayload,
     embeddings_from_record,
+    embeddings_limit,
     logits_from_record,
+    logits_limit,
     payload_bytes,
     to_record,
 )
@@ -113,9 +117,16 @@ class BridgeEdge(Strategy):
         log(INFO, "\t└──> BridgeEdge %s: %s", self.name, type(self.model).__name__)
 
     def logits(self, devices: Sequence[int]) -> torch.Tensor:
-        """This parent's logits on the bridge samples of ``devices`` (concatenated, on the CPU)."""
+        """This parent's logits on the bridge samples of ``devices`` (concatenated, on the CPU).
+
+        Under ``fidelity`` each device's samples form their own batches, as the student's
+        unshuffled pass will (BatchNorm's batch statistics then match the demo's).
+        """
+        if self.fidelity:
+            return torch.cat([logits_on(self.model, self.store.samples([d])[0],
+                                        self.logits_batch, bn_train=True) for d in devices])
         samples, _ = self.store.samples(devices)
-        return logits_on(self.model, samples, self.logits_batch, bn_train=self.fidelity)
+        return logits_on(self.model, samples, self.logits_batch)
 
     def learn(self, devices: Sequence[int], teacher: torch.Tensor, key: int) -> dict[str, float]:
         """One distillation pass on the bridge samples of ``devices`` from ``teacher`` logits."""
@@ -138,7 +149,7 @@ class BridgeEdge(Strategy):
             payload = LogitsPayload(teacher[start:start + rows].numpy())
             start += rows
             content = RecordDict({
-                TEACHER: to_record(payload, fp16=self.fp16),
+                TEACHER_RECORD: to_record(payload, fp16=self.fp16),
                 "config": ConfigRecord({**config, "server-round": server_round}),
             })
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
@@ -179,9 +190,9 @@ class BridgeEdge(Strategy):
 
 def read_logits(reply: Message, num_samples: int, num_classes: int) -> LogitsPayload:
     """A device's logits from its train reply, validated (raises ``PayloadError``)."""
-    record = reply.content.array_records.get(LOGITS)
+    record = reply.content.array_records.get(LOGITS_RECORD)
     if record is None:
-        raise PayloadError(f"the reply holds no '{LOGITS}' record "
+        raise PayloadError(f"the reply holds no '{LOGITS_RECORD}' record "
                            f"(it holds {sorted(reply.content.array_records)})")
     return logits_from_record(record, num_samples=num_samples, num_classes=num_classes,
                               max_bytes=logits_limit(num_samples, num_classes))
@@ -218,7 +229,7 @@ class FedAgg(Hierarchical):
     fidelity : bool (default: False)
         The demo's BatchNorm in training mode for logits, unshuffled passes, [0, 1] bridge samples.
     fp16 : bool (default: False)
-        Logits travel as float16 (devices choose the same for their codes).
+        Logits travel as float16 (the devices' ``fedagg.fp16`` decides it for their codes).
     embedding_shape : tuple (default: (4, 8, 8))
         Shape of one code (32x32 images).
     num_classes : int (default: 10)
@@ -297,8 +308,8 @@ class FedAgg(Hierarchical):
         cloud_direct = set(view.cloud_direct())
         group_of = {self.node_of[d]: CLOUD_DIRECT if d in cloud_direct else int(view.edge_of[d])
                     for d in devices}
-        messages = [Message(RecordDict({"config": ConfigRecord({"fp16": self.fp16})}),
-                            dst_node_id=node, message_type=EMBED) for node in group_of]
+        messages = [Message(RecordDict(), dst_node_id=node, message_type=EMBED)
+                    for node in group_of]
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         report.count(messages, replies, group_of)
         started = time.perf_counter()
@@ -320,19 +331,22 @@ class FedAgg(Hierarchical):
             return problem
         metrics = next(iter(reply.content.metric_records.values()))
         declared = int(cast(float, metrics[self.weighted_by_key]))
-        record = reply.content.array_records.get(EMBEDDINGS)
+        device = self.device_of[reply.metadata.src_node_id]
+        answer = self.described.get(device)
+        described = answer.get("num-train") if answer is not None else None
+        if isinstance(described, int) and declared != described:
+            return f"declares {declared} codes but described {described} training examples"
+        record = reply.content.array_records.get(EMBEDDINGS_RECORD)
         if record is None:
-            return f"the reply holds no '{EMBEDDINGS}' record"
-        per_sample = 4 * int(torch.tensor(self.embedding_shape).prod()) + 8
+            return f"the reply holds no '{EMBEDDINGS_RECORD}' record"
         try:
             payload = embeddings_from_record(
                 record, num_classes=self.num_classes, num_samples=declared,
                 embedding_shape=self.embedding_shape,
-                max_bytes=declared * per_sample + 4096)
+                max_bytes=embeddings_limit(declared, self.embedding_shape))
         except PayloadError as err:
             return f"bad embeddings: {err}"
-        self.store.add(self.device_of[reply.metadata.src_node_id], payload,
-                       payload_bytes(record))
+        self.store.add(device, payload, payload_bytes(record))
         return None
 
     def _place_stores(self, view: RoundTopology, report: RoundReport) -> None:
@@ -407,8 +421,11 @@ class FedAgg(Hierarchical):
 
     def aggregate_cloud(self, server_round: int, cloud: ArrayRecord,
                         examples: dict[int, float], report: RoundReport) -> ArrayRecord:
-        """BSBODP between the cloud and each edge that trained: edges learn, then the cloud."""
-        edges = [g for g in sorted(examples) if g != CLOUD_DIRECT and self.bridges[g].members]
+        """BSBODP between the cloud and every online edge with a store: edges learn, then the
+        cloud (an edge whose devices all sat out still distils on its store, as in the demo)."""
+        view = self.topology.at_round(server_round)
+        edges = [e for e in range(self.topology.num_edges)
+                 if view.edge_online[e] and self.bridges[e].members]
         self._edges_learn_from_cloud(edges, server_round, report)
         for edge in edges:
             self._cloud_learns_from(edge, server_round, report)
@@ -418,13 +435,19 @@ class FedAgg(Hierarchical):
                                 report: RoundReport) -> None:
         for edge in edges:
             devices = sorted(self.bridges[edge].members)
-            teacher, size = wire(self.cloud.logits(devices), self.fp16)
-            report.add("cloud_to_edge", size)
-            self.bridges[edge].learn(devices, teacher, server_round)
+            try:
+                teacher, size = wire(self.cloud.logits(devices), self.fp16)
+                report.add("cloud_to_edge", size)
+                self.bridges[edge].learn(devices, teacher, server_round)
+            except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
+                log(WARNING, "Edge %s could not learn from the cloud this round (%s)", edge, exc)
 
     def _cloud_learns_from(self, edge: int, server_round: int, report: RoundReport) -> None:
         devices = sorted(self.bridges[edge].members)
-        teacher, size = wire(self.bridges[edge].logits(devices), self.fp16)
-        report.add("edge_to_cloud", size)
-        self.cloud.learn(devices, teacher, server_round * 1_000 + edge)
+        try:
+            teacher, size = wire(self.bridges[edge].logits(devices), self.fp16)
+            report.add("edge_to_cloud", size)
+            self.cloud.learn(devices, teacher, server_round * 1_000 + edge)
+        except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
+            log(WARNING, "The cloud could not learn from edge %s this round (%s)", edge, exc)
         self.edge_arrays[edge] = state_record(self.bridges[edge].model)

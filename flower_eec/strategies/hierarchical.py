@@ -111,6 +111,7 @@ class Hierarchical(Strategy):
             self.edges = {g: edge(g) for g in groups}
         self.node_of: dict[int, int] = {}
         self.device_of: dict[int, int] = {}
+        self.described: dict[int, ConfigRecord] = {}  # device -> its query.describe answer
         self.edge_arrays: dict[int, ArrayRecord] = {}
         self.reference = ArrayRecord()
 
@@ -143,8 +144,14 @@ class Hierarchical(Strategy):
                 continue
             edge_grid = EdgeGrid(grid, [self.node_of[d] for d in devices])
             configure = getattr(strategy, f"configure_{kind}")
-            for message in configure(server_round, arrays_of(group), ConfigRecord(dict(config)),
-                                     edge_grid):
+            try:
+                edge_messages = list(configure(server_round, arrays_of(group),
+                                               ConfigRecord(dict(config)), edge_grid))
+            except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
+                log(WARNING, "Edge %s could not configure its %s round (%s): it sits it out",
+                    group, kind, exc)
+                continue
+            for message in edge_messages:
                 group_of[message.metadata.dst_node_id] = group
                 messages.append(message)
         return messages, group_of
@@ -191,7 +198,8 @@ class Hierarchical(Strategy):
                 arrays, edge_metrics = self.edges[group].aggregate_train(
                     server_round, common_metrics(replies))
             except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
-                log(WARNING, "Edge %s could not aggregate (%s); it keeps its model", group, exc)
+                log(WARNING, "Edge %s could not aggregate its devices' replies (%s); its model "
+                    "is left as that failure found it", group, exc)
                 continue
             if arrays is None:
                 continue
@@ -235,7 +243,9 @@ class Hierarchical(Strategy):
         train_config = train_config or ConfigRecord()
         evaluate_config = evaluate_config or ConfigRecord()
         node_ids = wait_for_nodes(grid, self.topology.num_devices, self.node_wait)
-        self.node_of = discover(grid, node_ids, timeout=min(timeout, 120.0))
+        self.described = {}
+        self.node_of = discover(grid, node_ids, timeout=min(timeout, 120.0),
+                                answers=self.described)
         self.device_of = {node: device for device, node in self.node_of.items()}
         self.reference = initial_arrays
         self.setup(grid, timeout)
@@ -260,7 +270,7 @@ class Hierarchical(Strategy):
     def setup(self, grid: Grid, timeout: float) -> None:
         """Called once after the devices are discovered, before round 1 (nothing to do here).
 
-        Methods that need something from every device first (FedAgg: its embeddings) override it.
+        Methods that need something from every device before training override it.
         """
 
     def _cloud_round(self, grid: Grid, server_round: int, cloud: ArrayRecord,
