@@ -65,6 +65,12 @@ def build_device_model(config: Config, data: FederatedData, name: str) -> torch.
     return build_model(name, data.dataset.num_classes, data.dataset.in_channels, **options)
 
 
+def round_generator(config: Config, server_round: int, device: int) -> torch.Generator:
+    """One random stream per (seed, round, device): reruns reproduce, devices and rounds differ."""
+    return torch.Generator().manual_seed((config.seed * 1_000_003 + server_round) * 100_003
+                                         + device)
+
+
 def own_model(config: Config, data: FederatedData, device: int,
               context: Context) -> torch.nn.Module:
     """The model this device keeps in ``context.state``; the first time, a seeded fresh one."""
@@ -115,9 +121,7 @@ def train(msg: Message, context: Context) -> Message:
     config, data, device, model = _load(msg, context)
     sent = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(_number(sent, "server-round", 0))
-    # One stream per (seed, round, device): reruns reproduce, devices and rounds differ.
-    generator = torch.Generator().manual_seed((config.seed * 1_000_003 + server_round) * 100_003
-                                              + device)
+    generator = round_generator(config, server_round, device)
     t = config.train
     shard = data.device_train(device)
     metrics: dict[str, Any] = train_epochs(

@@ -11,10 +11,9 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from flower_eec.clients.device import build_device_model, device_setup
+from flower_eec.clients.device import build_device_model, device_setup, round_generator
 from flower_eec.config import Config
 from flower_eec.data.federated import FederatedData
 from flower_eec.data.shift import shifted
@@ -124,8 +123,7 @@ def train(msg: Message, context: Context) -> Message:
     now = current_data(config, data, server_round)
     shard, local = now.device_train(device), now.device_test(device)
     before = evaluate(model, local, config.eval.batch_size)
-    generator = torch.Generator().manual_seed((config.seed * 1_000_003 + server_round) * 100_003
-                                              + device)
+    generator = round_generator(config, server_round, device)
     sent = msg.content.config_records.get("config", ConfigRecord())
     lr = sent.get("lr", t.lr)
     metrics: dict[str, Any] = train_modular(

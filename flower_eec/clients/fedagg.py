@@ -16,7 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from flower_eec.bridge_store import decode
 from flower_eec.bsbodp import Distillation, distil_pass, logits_on
-from flower_eec.clients.device import device_setup, keep_model, own_model
+from flower_eec.clients.device import device_setup, keep_model, own_model, round_generator
 from flower_eec.config import Config
 from flower_eec.data.augment import augment, normalise
 from flower_eec.data.federated import FederatedData
@@ -93,9 +93,8 @@ def _real_images(config: Config, data: FederatedData, device: int,
     images = normalise(shard.x, shard.mean, shard.std)
     if not config.data.augment:
         return images
-    frozen = config.fedagg.fidelity
-    key = (config.seed * 1_000_003 + (0 if frozen else server_round)) * 100_003 + device
-    return augment(images, torch.Generator().manual_seed(key), cutout=config.data.cutout)
+    generator = round_generator(config, 0 if config.fedagg.fidelity else server_round, device)
+    return augment(images, generator, cutout=config.data.cutout)
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -114,8 +113,7 @@ def train(msg: Message, context: Context) -> Message:
     settings = Distillation(T=f.T, beta=f.beta_leaf, lr=float(sent.get("lr", t.lr)),  # type: ignore[arg-type]
                             momentum=t.momentum, weight_decay=t.weight_decay,
                             batch_size=t.batch_size)
-    generator = torch.Generator().manual_seed((config.seed * 1_000_003 + server_round) * 100_003
-                                              + device)
+    generator = round_generator(config, server_round, device)
     metrics: dict[str, Any] = distil_pass(
         model, samples, labels, torch.from_numpy(teacher.logits), settings,
         real=_real_images(config, data, device, server_round), gamma=f.gamma,

@@ -16,7 +16,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch.nn import functional as F
 
-from flower_eec.clients.device import device_setup
+from flower_eec.clients.device import device_setup, round_generator
 from flower_eec.config import Config
 from flower_eec.data.augment import normalise
 from flower_eec.data.federated import FederatedData
@@ -195,8 +195,7 @@ def train(msg: Message, context: Context) -> Message:
     config, data, device, model = _load(msg, context)
     sent = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(_number(sent, "server-round", 0))
-    generator = torch.Generator().manual_seed((config.seed * 1_000_003 + server_round) * 100_003
-                                              + device)
+    generator = round_generator(config, server_round, device)
     t, shard = config.train, data.device_train(device)
     options: dict[str, Any] = {
         "epochs": t.local_epochs, "batch_size": t.batch_size, "lr": _number(sent, "lr", t.lr),
