@@ -27,7 +27,7 @@ from flower_eec.models import count_parameters
 from flower_eec.models.fedin import deepest
 from flower_eec.models.modular import ModularNet, module_sizes
 from flower_eec.results import Recorder
-from flower_eec.strategies.discovery import discover, wait_for_nodes
+from flower_eec.strategies.discovery import place_devices, wait_for_nodes
 from flower_eec.strategies.eclm import ECLM, EclmRoundReport
 from flower_eec.strategies.fedagg import FedAgg
 from flower_eec.strategies.fedin import FedIN, HierFedIN, sub_record, tensor_spec
@@ -307,10 +307,10 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
                    evaluate_fn=evaluate_fn)
         return
 
-    node_ids = wait_for_nodes(grid, config.topology.num_devices, config.simulation.node_wait)
-    node_of = discover(grid, node_ids, timeout=min(config.simulation.timeout, 120.0))
+    node_of, device_of = place_devices(grid, config.topology.num_devices,
+                                       config.simulation.node_wait, config.simulation.timeout)
     flat = FedIN(model_of, features, seed=config.seed, evaluate_devices=config.eval.devices)
-    flat.device_of = {node: device for device, node in node_of.items()}
+    flat.device_of = device_of
     grid.drain()  # discovery is not part of round 1
 
     def on_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -322,7 +322,7 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
                    if server_round % config.eval.every == 0 or last else None)
         server_s = time.perf_counter() - started
         traffic, exchange_s = grid.drain()
-        devices: dict[str, Any] = {"participants": len(node_ids),
+        devices: dict[str, Any] = {"participants": len(node_of),
                                    "failures": len(flat.failures)}
         if flat.last_evaluate is not None:
             devices["mean_local_accuracy"] = flat.last_evaluate.get("accuracy")

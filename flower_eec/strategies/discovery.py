@@ -58,3 +58,12 @@ def discover(grid: Grid, node_ids: list[int], timeout: float = 60.0,
     if answers is not None:
         answers.clear()  # they were keyed by partition ids that now place nothing
     return dict(enumerate(sorted(node_ids)))
+
+
+def place_devices(grid: Grid, num_devices: int, node_wait: float, timeout: float,
+                  answers: dict[int, ConfigRecord] | None = None
+                  ) -> tuple[dict[int, int], dict[int, int]]:
+    """Wait for ``num_devices`` nodes, discover them; return device -> node and node -> device."""
+    node_ids = wait_for_nodes(grid, num_devices, node_wait)
+    node_of = discover(grid, node_ids, timeout=min(timeout, 120.0), answers=answers)
+    return node_of, {node: device for device, node in node_of.items()}

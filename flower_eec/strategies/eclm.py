@@ -28,7 +28,7 @@ from flower_eec.eclm_math import (
     submodel_params,
 )
 from flower_eec.models.modular import SELECTOR_PREFIX, block_of
-from flower_eec.strategies.discovery import discover, wait_for_nodes
+from flower_eec.strategies.discovery import place_devices
 from flower_eec.strategies.hierarchical import RoundReport, mean_records, scalars
 from flower_eec.strategies.replies import metric_problem, train_reply_problem
 from flower_eec.topology import Topology
@@ -178,9 +178,8 @@ class ECLM(Strategy):
         log(INFO, "Starting %s strategy:", type(self).__name__)
         self.summary()
         train_config = train_config or ConfigRecord()
-        node_ids = wait_for_nodes(grid, self.topology.num_devices, self.node_wait)
-        self.node_of = discover(grid, node_ids, timeout=min(timeout, 120.0))
-        self.device_of = {node: device for device, node in self.node_of.items()}
+        self.node_of, self.device_of = place_devices(grid, self.topology.num_devices,
+                                                     self.node_wait, timeout)
         cloud = {key: array.numpy() for key, array in initial_arrays.items()}
         result = Result(arrays=initial_arrays)
         for server_round in range(1, num_rounds + 1):

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from flower_eec.strategies.aggregation import match_dtypes, weighted_average
-from flower_eec.strategies.discovery import discover, wait_for_nodes
+from flower_eec.strategies.discovery import place_devices
 from flower_eec.strategies.edge_grid import EdgeGrid
 from flower_eec.strategies.replies import common_metrics, metric_problem, train_reply_problem
 from flower_eec.topology import RoundTopology, Topology
@@ -242,11 +242,9 @@ class Hierarchical(Strategy):
         self.summary()
         train_config = train_config or ConfigRecord()
         evaluate_config = evaluate_config or ConfigRecord()
-        node_ids = wait_for_nodes(grid, self.topology.num_devices, self.node_wait)
         self.described = {}
-        self.node_of = discover(grid, node_ids, timeout=min(timeout, 120.0),
-                                answers=self.described)
-        self.device_of = {node: device for device, node in self.node_of.items()}
+        self.node_of, self.device_of = place_devices(
+            grid, self.topology.num_devices, self.node_wait, timeout, answers=self.described)
         self.reference = initial_arrays
         self.setup(grid, timeout)
         result = Result(arrays=initial_arrays)
