@@ -31,11 +31,32 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Named runs of ``flower-eec run examples/<method>.yaml profile=cpu <overrides>``.
+
+    Run ``r`` writes ``benchmarks/results/<name>/<r>``; the summary goes to
+    ``benchmarks/results/<name>_cpu.md`` / ``.json`` / ``.png``. ``shared`` names runs whose
+    folder is another suite's (the same config: measured once).
+    """
+
+    name: str
+    runs: dict[str, tuple[str, list[str]]]
+    title: str
+    shared: dict[str, str] = field(default_factory=dict)
+
+    def folder(self, run: str) -> Path:
+        return RESULTS / self.shared.get(run, self.name) / run
+
+
 RUNS: dict[str, tuple[str, list[str]]] = {
     "fedagg": ("fedagg", []),
     "hierfavg": ("hierfavg", []),
@@ -47,12 +68,13 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "fedagg-cloud-resnet10": ("fedagg", ["model.cloud=resnet10"]),
     "fedagg-fp16": ("fedagg", ["fedagg.fp16=true"]),
 }
+FEDAGG = Suite("fedagg", RUNS, "CIFAR-10, cpu profile: 20 devices, 4 edges, Dirichlet alpha 1")
 
 
-def run(name: str, data_root: str, rounds: int | None) -> None:
+def run(suite: Suite, name: str, data_root: str, rounds: int | None) -> None:
     """One run in a fresh process; its results folder replaces any earlier one."""
-    method, overrides = RUNS[name]
-    out = RESULTS / "fedagg" / name
+    method, overrides = suite.runs[name]
+    out = suite.folder(name)
     extra = [f"train.rounds={rounds}"] if rounds else []
     command = [sys.executable, "-m", "flower_eec.cli", "run", f"examples/{method}.yaml",
                "profile=cpu", f"data.root={data_root}", *overrides, *extra, "--out", str(out)]
@@ -94,7 +116,8 @@ def summarise(name: str, summary: dict[str, Any]) -> dict[str, Any]:
         "wall_s": wall, "server_s": server, "exchange_s": exchange, "device_s": device,
         "rest_s": wall - server - exchange,
         "peak_rss_mb": summary["final"].get("peak_rss_mb"),
-        "config": {k: summary["config"][k] for k in ("model", "train", "fedagg")},
+        "config": {k: summary["config"].get(k) for k in ("model", "train", "topology", "fedagg",
+                                                           "fedeec")},
     }
 
 
@@ -133,7 +156,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Cloud accuracy per round of every run."""
     import matplotlib
 
@@ -146,7 +169,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.plot([c[0] for c in curve], [100 * c[1] for c in curve], marker=".", label=r["run"])
     ax.set_xlabel("round")
     ax.set_ylabel("cloud test accuracy (%)")
-    ax.set_title("CIFAR-10, cpu profile: 20 devices, 4 edges, Dirichlet alpha 1")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -154,25 +177,25 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def report() -> list[dict[str, Any]]:
+def report(suite: Suite) -> list[dict[str, Any]]:
     """Summarise every finished run, print and write the tables and the plot."""
     rows = []
-    for name in RUNS:
-        path = RESULTS / "fedagg" / name / "results.json"
+    for name in suite.runs:
+        path = suite.folder(name) / "results.json"
         if path.is_file():
             rows.append(summarise(name, json.loads(path.read_text())))
     text = table(rows)
     print(text)
-    (RESULTS / "fedagg_cpu.md").write_text(text + "\n")
-    (RESULTS / "fedagg_cpu.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (RESULTS / f"{suite.name}_cpu.md").write_text(text + "\n")
+    (RESULTS / f"{suite.name}_cpu.json").write_text(json.dumps(rows, indent=1) + "\n")
     if rows:
-        plot(rows, RESULTS / "fedagg_cpu.png")
+        plot(rows, RESULTS / f"{suite.name}_cpu.png", suite.title)
     return rows
 
 
-def main() -> None:
+def main(suite: Suite = FEDAGG, description: str = __doc__) -> None:
     """Run what is asked (or everything missing), then report."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--only", default="", help="comma-separated run names")
     parser.add_argument("--force", action="store_true", help="rerun finished runs")
     parser.add_argument("--report", action="store_true", help="only summarise finished runs")
@@ -180,15 +203,15 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.environ.get("FLOWER_EEC_DATA")
                         or str((REPO / ".." / "shared" / "data").resolve()))
     args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n] or list(RUNS)
-    unknown = sorted(set(names) - set(RUNS))
+    names = [n for n in args.only.split(",") if n] or list(suite.runs)
+    unknown = sorted(set(names) - set(suite.runs))
     if unknown:
-        parser.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
+        parser.error(f"unknown run(s) {unknown}; choose from {list(suite.runs)}")
     if not args.report:
         for name in names:
-            if args.force or not (RESULTS / "fedagg" / name / "results.json").is_file():
-                run(name, args.data_root, args.rounds)
-    report()
+            if args.force or not (suite.folder(name) / "results.json").is_file():
+                run(suite, name, args.data_root, args.rounds)
+    report(suite)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flower_eec.errors import ConfigError
 
-METHODS = ("fedavg", "hierfavg", "fedagg", "eclm", "fedin", "heteroavg")
+METHODS = ("fedavg", "hierfavg", "fedagg", "fedeec", "eclm", "fedin", "heteroavg")
+BRIDGE_METHODS = ("fedagg", "fedeec")  # BSBODP on bridge samples: the ``fedagg`` section
 PROFILES_NAMES = ("smoke", "cpu", "paper")
 DATASETS = ("synthetic", "cifar10", "mnist")
 PARTITIONS = ("dirichlet", "iid", "pathological")
 ASSIGNMENTS = ("contiguous", "round_robin", "random")
 ORPHANS = ("skip", "cloud")
 SCHEDULES = ("parallel", "sequential")
+SKR_MODES = ("off", "upward", "both")
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -50,7 +52,11 @@ class DataConfig:
 
 @dataclass
 class TopologyConfig:
-    """The tree cloud -> edges -> devices and how it changes per round."""
+    """The tree cloud -> edges -> devices and how it changes per round.
+
+    ``edge_outages``: scheduled outages ``[edge, first_round, last_round]`` (rounds inclusive),
+    on top of the random ``edge_dropout``.
+    """
 
     num_devices: int = 4
     num_edges: int = 2
@@ -58,6 +64,7 @@ class TopologyConfig:
     mobility: float = 0.0
     device_dropout: float = 0.0
     edge_dropout: float = 0.0
+    edge_outages: list[list[int]] = field(default_factory=list)
     orphans: str = "skip"
 
 
@@ -130,6 +137,18 @@ class FedAggConfig:
 
 
 @dataclass
+class FedEECConfig:
+    """FedEEC (``method=fedeec``): FedAgg's BSBODP (the ``fedagg`` section) with self-knowledge
+    rectification, our reconstruction (``losses.skr_target``).
+
+    ``skr``: where the rectified target replaces plain KD: ``upward`` (a parent learning from a
+    child), ``both`` (every direction) or ``off`` (then FedEEC is FedAgg).
+    """
+
+    skr: str = "upward"
+
+
+@dataclass
 class EclmConfig:
     """ECLM (``method=eclm``): the modular model, the offline stage, budgets, the shift schedule.
 
@@ -190,6 +209,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     fedagg: FedAggConfig = field(default_factory=FedAggConfig)
+    fedeec: FedEECConfig = field(default_factory=FedEECConfig)
     eclm: EclmConfig = field(default_factory=EclmConfig)
     fedin: FedINConfig = field(default_factory=FedINConfig)
 
@@ -438,10 +458,36 @@ def validate(config: Config) -> None:
     _check(sim.client_gpus >= 0, "simulation.client_gpus", sim.client_gpus, ">= 0")
     _check(sim.node_wait > 0, "simulation.node_wait", sim.node_wait, "> 0 seconds")
     _check(config.simulation.timeout > 0, "simulation.timeout", config.simulation.timeout, "> 0")
-    if config.method == "fedagg":
+    _validate_outages(t)
+    _choice("fedeec.skr", config.fedeec.skr, SKR_MODES)
+    if config.method in BRIDGE_METHODS:
         _validate_fedagg(config)
     _validate_eclm(config)
     _validate_fedin(config.fedin)
+
+
+def edge_outages(t: TopologyConfig) -> Any:
+    """``topology.edge_outages`` as tuples (``Topology`` checks that each is a triple)."""
+    return tuple(tuple(outage) for outage in t.edge_outages)
+
+
+def _validate_outages(t: TopologyConfig) -> None:
+    from flower_eec.topology import Topology
+
+    try:
+        Topology(t.num_devices, t.num_edges, edge_outages=edge_outages(t))
+    except (ConfigError, TypeError, ValueError) as err:
+        raise ConfigError(f"bad value for 'topology.edge_outages': {err}") from None
+
+
+def skr_mode(config: Config) -> str:
+    """FedEEC's SKR mode for this run: ``fedeec.skr`` under ``method=fedeec``, else ``off``."""
+    return config.fedeec.skr if config.method == "fedeec" else "off"
+
+
+def demo_fidelity(config: Config) -> bool:
+    """Whether this run reproduces the FedAgg demo's train-mode BatchNorm (``fedagg.fidelity``)."""
+    return config.method in BRIDGE_METHODS and config.fedagg.fidelity
 
 
 def _validate_fedagg(config: Config) -> None:

@@ -18,7 +18,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flower_eec.clients.device import build_device_model
 from flower_eec.clients.fedagg import bridge_of
 from flower_eec.clients.fedin import device_depth, feature_spec, fedin_model
-from flower_eec.config import Config
+from flower_eec.config import BRIDGE_METHODS, Config, demo_fidelity, edge_outages, skr_mode
 from flower_eec.data.federated import FederatedData, federated_data
 from flower_eec.eclm_training import offline_stage
 from flower_eec.errors import ConfigError
@@ -30,6 +30,7 @@ from flower_eec.results import Recorder
 from flower_eec.strategies.discovery import place_devices, wait_for_nodes
 from flower_eec.strategies.eclm import ECLM, EclmRoundReport
 from flower_eec.strategies.fedagg import FedAgg
+from flower_eec.strategies.fedeec import FedEEC
 from flower_eec.strategies.fedin import FedIN, HierFedIN, sub_record, tensor_spec
 from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
@@ -58,7 +59,7 @@ def central_evaluator(config: Config, data: FederatedData, model_names: list[str
               for name in dict.fromkeys(model_names)]
     signatures = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
     test = data.global_test()
-    fidelity = config.method == "fedagg" and config.fedagg.fidelity
+    fidelity = demo_fidelity(config)
     batch_size = config.train.batch_size if fidelity else config.eval.batch_size
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -75,7 +76,8 @@ def build_topology(config: Config) -> Topology:
     t = config.topology
     return Topology(num_devices=t.num_devices, num_edges=t.num_edges, assignment=t.assignment,
                     seed=config.seed, mobility_rate=t.mobility, device_dropout=t.device_dropout,
-                    edge_dropout=t.edge_dropout, orphans=t.orphans)
+                    edge_dropout=t.edge_dropout, orphans=t.orphans,
+                    edge_outages=edge_outages(t))
 
 
 def _shared_model(config: Config) -> str:
@@ -135,9 +137,9 @@ def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder,
                    evaluate_fn=evaluate_fn)
 
 
-def run_fedagg(config: Config, grid: MeteredGrid, recorder: Recorder,
-               evaluate_fn: EvaluateFn, initial: ArrayRecord) -> None:
-    """FedAgg: a ``BridgeEdge`` (its own model) per edge under the cloud's ``FedAgg`` tier."""
+def fedagg_strategy(config: Config, initial: ArrayRecord, **options: Any) -> FedAgg:
+    """The FedAgg (``method=fedeec``: FedEEC) cloud tier of ``config``, its cloud model loaded
+    from ``initial``; ``options`` go to ``Hierarchical`` (``topology``, ``on_round``, ...)."""
     data = federated_data(config)
     device = torch_device(config.simulation.torch_device)
     f, t, m = config.fedagg, config.train, config.model
@@ -150,14 +152,20 @@ def run_fedagg(config: Config, grid: MeteredGrid, recorder: Recorder,
             return build_device_model(config, data, m.edge).to(device)
 
     d = data.dataset
-    strategy = FedAgg(
+    return (FedEEC if config.method == "fedeec" else FedAgg)(
         cloud_model=cloud_model, edge_model=edge_model, bridge=bridge_of(f.bridge_weights),
         mean=d.mean, std=d.std, T=f.T, beta=f.beta, lr=t.lr, momentum=t.momentum,
         weight_decay=t.weight_decay, batch_size=t.batch_size, schedule=f.schedule,
-        fidelity=f.fidelity, fp16=f.fp16, num_classes=d.num_classes,
+        fidelity=f.fidelity, fp16=f.fp16, skr=skr_mode(config), num_classes=d.num_classes,
         embedding_shape=(4, d.x_train.shape[2] // 4, d.x_train.shape[3] // 4),
-        logits_batch=config.eval.batch_size, seed=config.seed, torch_device=device,
-        **_hierarchical_options(config, grid, recorder))
+        logits_batch=config.eval.batch_size, seed=config.seed, torch_device=device, **options)
+
+
+def run_fedagg(config: Config, grid: MeteredGrid, recorder: Recorder,
+               evaluate_fn: EvaluateFn, initial: ArrayRecord) -> None:
+    """FedAgg and FedEEC: a ``BridgeEdge`` (its own model) per edge under the cloud's tier."""
+    strategy = fedagg_strategy(config, initial, **_hierarchical_options(config, grid, recorder))
+    t = config.train
     strategy.start(grid, initial, num_rounds=t.rounds, timeout=config.simulation.timeout,
                    train_config=ConfigRecord({"lr": t.lr}), evaluate_fn=evaluate_fn)
 
@@ -342,7 +350,7 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
 
 
 METHODS = {"fedavg": run_fedavg, "hierfavg": run_hierfavg, "fedagg": run_fedagg,
-           "eclm": run_eclm}
+           "fedeec": run_fedagg, "eclm": run_eclm}
 # Methods whose devices carry different models: they build their own models and evaluators.
 HETEROGENEOUS = {"fedin": run_fedin, "heteroavg": run_fedin}
 
@@ -355,7 +363,7 @@ def run(grid: Grid, config: Config) -> dict[str, Any]:
         HETEROGENEOUS[config.method](config, MeteredGrid(grid), recorder)
         return recorder.finish()
     data = federated_data(config)
-    if config.method == "fedagg":
+    if config.method in BRIDGE_METHODS:
         cloud, tiers = config.model.cloud, [config.model.edge, config.model.cloud]
     else:
         cloud = _shared_model(config)

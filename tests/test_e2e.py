@@ -81,6 +81,15 @@ def test_flwr_run_smoke(tmp_path: Path, method: str) -> None:
     _check_results(tmp_path / "out", rounds=2)
 
 
+def test_flwr_run_fedeec_with_moving_devices(tmp_path: Path) -> None:
+    """FedEEC under `flwr run .` while devices move and an edge is down in round 2."""
+    summary = flwr_run(tmp_path, "fedeec", "train.rounds=3 topology.mobility=0.5 "
+                                           "topology.edge_outages=[[1,2,2]] topology.orphans=cloud")
+    _check_results(tmp_path / "out", rounds=3)
+    assert summary["config"]["fedeec"]["skr"] == "upward"
+    assert all(r["devices"]["participants"] == 4 for r in summary["rounds"])
+
+
 def test_cli_run_fedavg_on_ray(tmp_path: Path) -> None:
     """`flower-eec run` on the Simulation Engine (Ray): every device gets the run's config."""
     out = tmp_path / "out"

@@ -178,19 +178,14 @@ def test_a_device_declaring_fewer_codes_than_it_described_is_refused(tmp_path: P
 
 
 def build(config: Config, on_round: Any) -> server_side.FedAgg:
-    """The strategy of ``experiment.run_fedagg`` without the recorder."""
+    """The strategy of ``experiment.run_fedagg``, without the recorder."""
     from flower_eec.clients.device import build_device_model
     from flower_eec.data.federated import federated_data
 
-    data = federated_data(config)
-    m, t = config.model, config.train
-    return server_side.FedAgg(
-        topology=experiment.build_topology(config),
-        cloud_model=build_device_model(config, data, m.cloud),
-        edge_model=build_device_model(config, data, m.edge),
-        bridge=device_side.bridge_of(""), mean=data.dataset.mean, std=data.dataset.std,
-        lr=t.lr, batch_size=t.batch_size, schedule=config.fedagg.schedule,
-        num_classes=data.dataset.num_classes, on_round=on_round, evaluate_edges=False)
+    initial = ArrayRecord(build_device_model(config, federated_data(config),
+                                             config.model.cloud).state_dict())
+    return experiment.fedagg_strategy(config, initial, topology=experiment.build_topology(config),
+                                      on_round=on_round, evaluate_edges=False)
 
 
 def spy_on_passes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int, ...]]]:
@@ -198,10 +193,9 @@ def spy_on_passes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int,
     events: list[tuple[str, tuple[int, ...]]] = []
     learn, train = server_side.BridgeEdge.learn, device_side.train
 
-    def server_learns(edge: server_side.BridgeEdge, devices: Any, teacher: Any,
-                      key: int) -> Any:
+    def server_learns(edge: server_side.BridgeEdge, devices: Any, *args: Any) -> Any:
         events.append((edge.name, tuple(devices)))
-        return learn(edge, devices, teacher, key)
+        return learn(edge, devices, *args)
 
     def device_learns(msg: Message, context: Context) -> Message:
         events.append(("device", (int(context.node_config["partition-id"]),)))

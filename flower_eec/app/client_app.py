@@ -14,7 +14,7 @@ app = ClientApp()
 Handler = Callable[[Message, Context], Message]
 # Methods whose devices do more than local CE on received weights have their own handlers.
 TRAIN: dict[str, Handler] = {"fedin": fedin.train, "heteroavg": fedin.train,
-                             "fedagg": fedagg.train, "eclm": eclm.train}
+                             "fedagg": fedagg.train, "fedeec": fedagg.train, "eclm": eclm.train}
 EVALUATE: dict[str, Handler] = {"fedin": fedin.evaluate_local, "heteroavg": fedin.evaluate_local}
 
 

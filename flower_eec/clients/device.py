@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from flower_eec.config import Config, from_run_config
+from flower_eec.config import Config, demo_fidelity, from_run_config
 from flower_eec.data.federated import FederatedData, federated_data
 from flower_eec.errors import ConfigError
 from flower_eec.learning import evaluate, train_epochs
@@ -139,7 +139,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     are sent, of the model the device keeps (FedAgg)."""
     config, data, device, model = _load(msg, context)
     local = data.device_test(device)
-    fidelity = config.method == "fedagg" and config.fedagg.fidelity
+    fidelity = demo_fidelity(config)
     metrics: dict[str, Any] = evaluate(
         model, local, config.train.batch_size if fidelity else config.eval.batch_size,
         bn_train=fidelity)

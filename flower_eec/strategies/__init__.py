@@ -3,6 +3,7 @@
 from flower_eec.strategies.aggregation import weighted_average
 from flower_eec.strategies.edge_grid import EdgeGrid
 from flower_eec.strategies.fedagg import BridgeEdge, FedAgg
+from flower_eec.strategies.fedeec import FedEEC
 from flower_eec.strategies.hierarchical import Hierarchical, RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
 
@@ -10,6 +11,7 @@ __all__ = [
     "BridgeEdge",
     "EdgeGrid",
     "FedAgg",
+    "FedEEC",
     "HierFedAvg",
     "Hierarchical",
     "RoundReport",

@@ -10,6 +10,7 @@ on the bridge samples of the child's sub-tree (the child's devices' decoded code
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
@@ -24,6 +25,7 @@ from torch import nn
 
 from flower_eec.bridge_store import BridgeStore
 from flower_eec.bsbodp import Distillation, distil_pass, logits_on
+from flower_eec.config import SKR_MODES
 from flower_eec.errors import PayloadError
 from flower_eec.models.bridge import BridgeAutoencoder
 from flower_eec.payloads import (
@@ -128,11 +130,13 @@ class BridgeEdge(Strategy):
         samples, _ = self.store.samples(devices)
         return logits_on(self.model, samples, self.logits_batch)
 
-    def learn(self, devices: Sequence[int], teacher: torch.Tensor, key: int) -> dict[str, float]:
-        """One distillation pass on the bridge samples of ``devices`` from ``teacher`` logits."""
+    def learn(self, devices: Sequence[int], teacher: torch.Tensor, key: int,
+              settings: Distillation | None = None) -> dict[str, float]:
+        """One distillation pass on the bridge samples of ``devices`` from ``teacher`` logits
+        (with ``settings``, default: this parent's, those of learning from its children)."""
         samples, labels = self.store.samples(devices)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
-        return distil_pass(self.model, samples, labels, teacher, self.settings,
+        return distil_pass(self.model, samples, labels, teacher, settings or self.settings,
                            shuffle=not self.fidelity, generator=generator)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -230,6 +234,10 @@ class FedAgg(Hierarchical):
         The demo's BatchNorm in training mode for logits, unshuffled passes, [0, 1] bridge samples.
     fp16 : bool (default: False)
         Logits travel as float16 (the devices' ``fedagg.fp16`` decides it for their codes).
+    skr : str (default: "off")
+        FedEEC's self-knowledge rectification on the server's passes: ``upward`` (edges learning
+        from devices, the cloud from edges), ``both`` (also edges from the cloud) or ``off``.
+        Devices follow their own config (``fedeec.skr=both``).
     embedding_shape : tuple (default: (4, 8, 8))
         Shape of one code (32x32 images).
     num_classes : int (default: 10)
@@ -247,20 +255,26 @@ class FedAgg(Hierarchical):
                  mean: Sequence[float], std: Sequence[float], *, T: float = 3.0,
                  beta: float = 10.0, lr: float = 1e-3, momentum: float = 0.9,
                  weight_decay: float = 0.0, batch_size: int = 8, schedule: str = "parallel",
-                 fidelity: bool = False, fp16: bool = False,
+                 fidelity: bool = False, fp16: bool = False, skr: str = "off",
                  embedding_shape: tuple[int, ...] = (4, 8, 8), num_classes: int = 10,
                  logits_batch: int = 500, seed: int = 0,
                  torch_device: torch.device | None = None, **kwargs: Any) -> None:
         if schedule not in ("parallel", "sequential"):
             raise ValueError(f"schedule must be 'parallel' or 'sequential', got {schedule!r}")
+        if skr not in SKR_MODES:
+            raise ValueError(f"skr must be one of {SKR_MODES}, got {skr!r}")
         self.schedule = schedule
         self.fp16 = fp16
         self.embedding_shape = embedding_shape
         self.num_classes = num_classes
         self.cloud_model = cloud_model
         self.store = BridgeStore(bridge, mean, std, raw=fidelity, device=torch_device)
+        # a parent learning from a child (upward), and a child from its parent (downward)
         self.settings = Distillation(T=T, beta=beta, lr=lr, momentum=momentum,
-                                     weight_decay=weight_decay, batch_size=batch_size)
+                                     weight_decay=weight_decay, batch_size=batch_size,
+                                     skr=skr != "off")
+        self.downward = dataclasses.replace(self.settings, skr=skr == "both")
+        self.skr = skr
         self._device_of: dict[int, int] = {}
 
         def tier(group: int) -> BridgeEdge:
@@ -293,9 +307,10 @@ class FedAgg(Hierarchical):
     def summary(self) -> None:
         """Log the tiers and the schedule."""
         super().summary()
-        log(INFO, "\t└──> FedAgg: cloud %s, edges %s, schedule %s, T=%s, beta=%s",
-            type(self.cloud_model).__name__, type(self.bridges[0].model).__name__,
-            self.schedule, self.settings.T, self.settings.beta)
+        log(INFO, "\t└──> %s: cloud %s, edges %s, schedule %s, T=%s, beta=%s, SKR %s",
+            type(self).__name__, type(self.cloud_model).__name__,
+            type(self.bridges[0].model).__name__, self.schedule, self.settings.T,
+            self.settings.beta, self.skr)
 
     # --- the stores -----------------------------------------------------------------------
 
@@ -438,7 +453,7 @@ class FedAgg(Hierarchical):
             try:
                 teacher, size = wire(self.cloud.logits(devices), self.fp16)
                 report.add("cloud_to_edge", size)
-                self.bridges[edge].learn(devices, teacher, server_round)
+                self.bridges[edge].learn(devices, teacher, server_round, self.downward)
             except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
                 log(WARNING, "Edge %s could not learn from the cloud this round (%s)", edge, exc)
 

@@ -1,0 +1,44 @@
+"""FedEEC benchmark on the ``cpu`` profile: FedEEC against FedAgg and HierFAVG, static and dynamic.
+
+The same data, topology and rounds as ``benchmarks/fedagg.py`` (CIFAR-10, 20 devices, 4 edges,
+20 rounds, Ray through ``flower-eec run``). Each method runs static and dynamic: each round every
+device moves to another edge with probability 0.2 and is offline with probability 0.2, and edge 1
+is down for rounds 8 to 12 (its devices sit out). SKR ablation: ``off`` is FedAgg, pass for pass
+(tests/test_fedeec.py checks it to the bit), so the ``fedagg`` run serves as FedEEC with SKR off;
+``fedeec`` is SKR upward (the default) and ``fedeec-skr-both`` both directions.
+
+The static ``fedagg`` and ``hierfavg`` runs are those of ``benchmarks/fedagg.py`` (the same
+configs), read from ``benchmarks/results/fedagg/``. Results: ``benchmarks/results/fedeec/<run>``,
+summary ``benchmarks/results/fedeec_cpu.md`` / ``.json`` / ``.png``.
+
+Run (from the repository root)::
+
+    FLWR_TELEMETRY_ENABLED=0 python benchmarks/fedeec.py --data-root ../shared/data
+    FLWR_TELEMETRY_ENABLED=0 python benchmarks/fedeec.py --only fedeec,fedeec-dynamic
+    FLWR_TELEMETRY_ENABLED=0 python benchmarks/fedeec.py --report
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fedagg import Suite, main  # noqa: E402  (the runner of benchmarks/fedagg.py)
+
+DYNAMIC = ["topology.mobility=0.2", "topology.device_dropout=0.2",
+           "topology.edge_outages=[[1,8,12]]"]
+RUNS: dict[str, tuple[str, list[str]]] = {
+    "fedeec": ("fedeec", []),
+    "fedeec-skr-both": ("fedeec", ["fedeec.skr=both"]),
+    "fedagg": ("fedagg", []),
+    "hierfavg": ("hierfavg", []),
+    "fedeec-dynamic": ("fedeec", DYNAMIC),
+    "fedagg-dynamic": ("fedagg", DYNAMIC),
+    "hierfavg-dynamic": ("hierfavg", DYNAMIC),
+}
+FEDEEC = Suite("fedeec", RUNS, "CIFAR-10, cpu profile; dynamic: mobility 0.2, device dropout "
+               "0.2, edge 1 down in rounds 8-12", shared={"fedagg": "fedagg", "hierfavg": "fedagg"})
+
+if __name__ == "__main__":
+    main(FEDEEC, __doc__)
