@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -358,6 +359,7 @@ HETEROGENEOUS = {"fedin": run_fedin, "heteroavg": run_fedin}
 def run(grid: Grid, config: Config) -> dict[str, Any]:
     """Run ``config.method`` on ``grid``; write and return the results."""
     torch.manual_seed(config.seed)
+    random.seed(config.seed)  # Flower's strategies sample nodes with Python's random
     if config.method in HETEROGENEOUS:
         recorder = Recorder(config, results_dir(config))
         HETEROGENEOUS[config.method](config, MeteredGrid(grid), recorder)

@@ -194,3 +194,11 @@ def test_results_dir_is_out_or_a_stamped_folder(tmp_path: Path,
 
     assert stamped.parent == tmp_path / "results"
     assert stamped.name.startswith("fedavg-smoke-")
+
+
+def test_fedavg_is_deterministic_with_many_devices(tmp_path: Path) -> None:
+    # Flower's FedAvg samples (and so orders) nodes with Python's random, seeded per run
+    configs = [smoke("fedavg", tmp_path / name, topology={"num_devices": 7, "num_edges": 1})
+               for name in "ab"]
+    first, second = (run(config) for config in configs)
+    assert [r["cloud"] for r in first["rounds"]] == [r["cloud"] for r in second["rounds"]]
