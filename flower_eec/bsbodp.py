@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flower_eec.losses import leaf_loss, nonleaf_loss
+from flower_eec.losses import SKR, leaf_loss, nonleaf_loss
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class Distillation:
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
         batch_size: Mini-batch size.
-        skr: Distil towards FedEEC's rectified target instead of the teacher's softmax.
+        skr: Distil towards FedEEC's rectified target (with these parts) instead of the
+            teacher's softmax; None: plain KD.
     """
 
     T: float = 3.0
@@ -33,7 +34,7 @@ class Distillation:
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 8
-    skr: bool = False
+    skr: SKR | None = None
 
 
 @torch.no_grad()

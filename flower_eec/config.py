@@ -10,13 +10,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flower_eec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flower_eec.losses import SKR
 
 METHODS = ("fedavg", "hierfavg", "fedagg", "fedeec", "eclm", "fedin", "heteroavg")
 BRIDGE_METHODS = ("fedagg", "fedeec")  # BSBODP on bridge samples: the ``fedagg`` section
@@ -142,10 +145,14 @@ class FedEECConfig:
     rectification, our reconstruction (``losses.skr_target``).
 
     ``skr``: where the rectified target replaces plain KD: ``upward`` (a parent learning from a
-    child), ``both`` (every direction) or ``off`` (then FedEEC is FedAgg).
+    child), ``both`` (every direction) or ``off`` (then FedEEC is FedAgg). ``self_knowledge``:
+    where the teacher is wrong and the student right, distil towards the student's own
+    distribution. ``swap``: where the teacher is wrong otherwise, swap the true class to the top.
     """
 
     skr: str = "upward"
+    self_knowledge: bool = True
+    swap: bool = True
 
 
 @dataclass
@@ -483,6 +490,13 @@ def _validate_outages(t: TopologyConfig) -> None:
 def skr_mode(config: Config) -> str:
     """FedEEC's SKR mode for this run: ``fedeec.skr`` under ``method=fedeec``, else ``off``."""
     return config.fedeec.skr if config.method == "fedeec" else "off"
+
+
+def rectification(config: Config) -> SKR:
+    """The parts of FedEEC's SKR that ``fedeec`` turns on."""
+    from flower_eec.losses import SKR
+
+    return SKR(self_knowledge=config.fedeec.self_knowledge, swap=config.fedeec.swap)
 
 
 def demo_fidelity(config: Config) -> bool:

@@ -19,7 +19,14 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flower_eec.clients.device import build_device_model
 from flower_eec.clients.fedagg import bridge_of
 from flower_eec.clients.fedin import device_depth, feature_spec, fedin_model
-from flower_eec.config import BRIDGE_METHODS, Config, demo_fidelity, edge_outages, skr_mode
+from flower_eec.config import (
+    BRIDGE_METHODS,
+    Config,
+    demo_fidelity,
+    edge_outages,
+    rectification,
+    skr_mode,
+)
 from flower_eec.data.federated import FederatedData, federated_data
 from flower_eec.eclm_training import offline_stage
 from flower_eec.errors import ConfigError
@@ -157,7 +164,8 @@ def fedagg_strategy(config: Config, initial: ArrayRecord, **options: Any) -> Fed
         cloud_model=cloud_model, edge_model=edge_model, bridge=bridge_of(f.bridge_weights),
         mean=d.mean, std=d.std, T=f.T, beta=f.beta, lr=t.lr, momentum=t.momentum,
         weight_decay=t.weight_decay, batch_size=t.batch_size, schedule=f.schedule,
-        fidelity=f.fidelity, fp16=f.fp16, skr=skr_mode(config), num_classes=d.num_classes,
+        fidelity=f.fidelity, fp16=f.fp16, skr=skr_mode(config),
+        rectification=rectification(config), num_classes=d.num_classes,
         embedding_shape=(4, d.x_train.shape[2] // 4, d.x_train.shape[3] // 4),
         logits_batch=config.eval.batch_size, seed=config.seed, torch_device=device, **options)
 

@@ -5,8 +5,25 @@ Self-knowledge rectification (FedEEC, arXiv 2501.00693) is our reconstruction: s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class SKR:
+    """The parts of self-knowledge rectification (our reconstruction) that apply.
+
+    Attributes:
+        self_knowledge: Where the teacher is wrong and the student right, distil towards the
+            student's own distribution (else such samples fall to the next rule).
+        swap: Where the teacher is wrong (and self-knowledge does not apply), swap the true
+            class's entry with the teacher's top one (else keep the teacher's distribution).
+    """
+
+    self_knowledge: bool = True
+    swap: bool = True
 
 
 def _check_logits(name: str, logits: torch.Tensor, like: torch.Tensor | None = None) -> None:
@@ -73,19 +90,22 @@ def skr_target(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
     T: float,
+    parts: SKR = SKR(),
 ) -> torch.Tensor:
     """Self-knowledge rectification (FedEEC; OUR reconstruction): a corrected distillation target.
 
     Per sample, with ``p_t = softmax(teacher / T)``, ``p_s = softmax(student / T)`` and label ``y``:
     the teacher's ``p_t`` where its top class is ``y``; else the student's own ``p_s`` where its top
     class is ``y``; else ``p_t`` with the entries of ``y`` and of its top class swapped, so the true
-    class is on top and the rest of the teacher's shape is kept.
+    class is on top and the rest of the teacher's shape is kept. Without ``parts.self_knowledge``
+    the second rule is skipped; without ``parts.swap`` the third keeps ``p_t``.
 
     Args:
         teacher_logits: ``(N, C)`` logits received from the teacher.
         student_logits: ``(N, C)`` the student's current logits (its self-knowledge).
         labels: ``(N,)`` integer labels in ``[0, C)``.
         T: Temperature, > 0.
+        parts: Which of the two corrections apply (``SKR``; both by default).
 
     Returns:
         ``(N, C)`` probability rows, without gradient (use with ``kd_to_target``).
@@ -102,11 +122,12 @@ def skr_target(
     swapped = p_teacher.clone()
     swapped[rows, labels] = p_teacher[rows, top_teacher]
     swapped[rows, top_teacher] = p_teacher[rows, labels]
-    teacher_right = (top_teacher == labels)[:, None]
+    teacher_wrong = (top_teacher != labels)[:, None]
     student_right = (p_student.argmax(dim=1) == labels)[:, None]
-    return torch.where(
-        teacher_right, p_teacher, torch.where(student_right, p_student, swapped)
-    )
+    target = torch.where(teacher_wrong, swapped, p_teacher) if parts.swap else p_teacher
+    if parts.self_knowledge:
+        target = torch.where(teacher_wrong & student_right, p_student, target)
+    return target
 
 
 def _distillation(
@@ -114,10 +135,11 @@ def _distillation(
     labels: torch.Tensor,
     teacher_logits: torch.Tensor,
     T: float,
-    skr: bool,
+    skr: SKR | None,
 ) -> torch.Tensor:
-    if skr:
-        return kd_to_target(logits_bridge, skr_target(teacher_logits, logits_bridge, labels, T), T)
+    if skr is not None:
+        target = skr_target(teacher_logits, logits_bridge, labels, T, skr)
+        return kd_to_target(logits_bridge, target, T)
     return kd_loss(logits_bridge, teacher_logits, T)
 
 
@@ -128,7 +150,7 @@ def nonleaf_loss(
     T: float,
     beta: float,
     *,
-    skr: bool = False,
+    skr: SKR | None = None,
 ) -> torch.Tensor:
     """Loss of an edge or cloud student: ``CE(f(x~), y) + beta * KD(f(x~), z_teacher)``.
 
@@ -138,7 +160,8 @@ def nonleaf_loss(
         teacher_logits: ``(N, C)`` the teacher's logits on the same bridge samples.
         T: Temperature (paper: 3).
         beta: Weight of the distillation term (paper: 10).
-        skr: Replace the KD target by ``skr_target`` (FedEEC, our reconstruction).
+        skr: Replace the KD target by ``skr_target`` with these parts (FedEEC, our
+            reconstruction); None: plain KD.
     """
     _check_labels(labels, logits_bridge)
     ce = F.cross_entropy(logits_bridge, labels)
@@ -155,7 +178,7 @@ def leaf_loss(
     logits_real: torch.Tensor,
     labels_real: torch.Tensor,
     *,
-    skr: bool = False,
+    skr: SKR | None = None,
 ) -> torch.Tensor:
     """Loss of a device student: ``CE(f(x~), y) + beta_leaf * KD + gamma * CE(f(x), y_real)``.
 
@@ -168,7 +191,8 @@ def leaf_loss(
         gamma: Weight of the cross-entropy on real images (paper: 1).
         logits_real: ``(M, C)`` student logits on the device's real (augmented) images.
         labels_real: ``(M,)`` their labels.
-        skr: Replace the KD target by ``skr_target`` (FedEEC, our reconstruction).
+        skr: Replace the KD target by ``skr_target`` with these parts (FedEEC, our
+            reconstruction); None: plain KD.
     """
     _check_labels(labels_real, logits_real)
     real = F.cross_entropy(logits_real, labels_real)

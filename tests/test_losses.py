@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from flower_eec.losses import kd_loss, kd_to_target, leaf_loss, nonleaf_loss, skr_target
+from flower_eec.losses import SKR, kd_loss, kd_to_target, leaf_loss, nonleaf_loss, skr_target
 
 # p_t = [0.75, 0.25] (teacher logits [ln 3, 0]) against p_s = [0.5, 0.5] (student logits [0, 0]):
 # KL(p_t || p_s) = 0.75 * ln(0.75 / 0.5) + 0.25 * ln(0.25 / 0.5)
@@ -123,7 +123,7 @@ def test_leaf_loss_adds_gamma_times_ce_on_real_images() -> None:
 def test_skr_switch_swaps_kd_for_the_rectified_target() -> None:
     target = skr_target(TEACHER, STUDENT, LABELS, T=3.0)
     manual = F.cross_entropy(STUDENT, LABELS) + 10.0 * kd_to_target(STUDENT, target, T=3.0)
-    loss = nonleaf_loss(STUDENT, LABELS, TEACHER, T=3.0, beta=10.0, skr=True)
+    loss = nonleaf_loss(STUDENT, LABELS, TEACHER, T=3.0, beta=10.0, skr=SKR())
     assert loss.item() == pytest.approx(manual.item(), rel=1e-6)
 
 
@@ -139,6 +139,22 @@ def test_skr_covers_its_three_cases() -> None:
     assert torch.allclose(target, expected, atol=1e-6)
     assert target[2].argmax().item() == 2
     assert sorted(target[2].tolist()) == pytest.approx(sorted([0.6, 0.3, 0.1]))
+
+
+def test_each_part_of_skr_can_be_turned_off() -> None:
+    teacher = log_probs([0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.6, 0.3, 0.1])
+    student = log_probs([0.2, 0.7, 0.1], [0.2, 0.7, 0.1], [0.2, 0.7, 0.1])
+    labels = torch.tensor([0, 1, 2])
+    swap_only = skr_target(teacher, student, labels, T=1.0, parts=SKR(self_knowledge=False))
+    # Row 1 now falls to the swap (entries 1 and 0 exchanged) instead of the student's row.
+    assert torch.allclose(swap_only, torch.tensor(
+        [[0.6, 0.3, 0.1], [0.3, 0.6, 0.1], [0.1, 0.3, 0.6]], dtype=torch.float64), atol=1e-6)
+    self_only = skr_target(teacher, student, labels, T=1.0, parts=SKR(swap=False))
+    # Row 2 (both wrong) keeps the teacher's row.
+    assert torch.allclose(self_only, torch.tensor(
+        [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]], dtype=torch.float64), atol=1e-6)
+    neither = skr_target(teacher, student, labels, T=1.0, parts=SKR(False, False))
+    assert torch.allclose(neither, teacher.softmax(dim=1), atol=1e-6)
 
 
 def test_skr_target_carries_no_gradient() -> None:

@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flower_eec.bridge_store import decode
 from flower_eec.bsbodp import Distillation, distil_pass, logits_on
 from flower_eec.clients.device import device_setup, keep_model, own_model, round_generator
-from flower_eec.config import Config, skr_mode
+from flower_eec.config import Config, rectification, skr_mode
 from flower_eec.data.augment import augment, normalise
 from flower_eec.data.federated import FederatedData
 from flower_eec.models.bridge import BridgeAutoencoder, load_bridge
@@ -112,7 +112,8 @@ def train(msg: Message, context: Context) -> Message:
     samples = device_samples(config, data, device)
     settings = Distillation(T=f.T, beta=f.beta_leaf, lr=float(sent.get("lr", t.lr)),  # type: ignore[arg-type]
                             momentum=t.momentum, weight_decay=t.weight_decay,
-                            batch_size=t.batch_size, skr=skr_mode(config) == "both")
+                            batch_size=t.batch_size,
+                            skr=rectification(config) if skr_mode(config) == "both" else None)
     generator = round_generator(config, server_round, device)
     metrics: dict[str, Any] = distil_pass(
         model, samples, labels, torch.from_numpy(teacher.logits), settings,

@@ -27,6 +27,7 @@ from flower_eec.bridge_store import BridgeStore
 from flower_eec.bsbodp import Distillation, distil_pass, logits_on
 from flower_eec.config import SKR_MODES
 from flower_eec.errors import PayloadError
+from flower_eec.losses import SKR
 from flower_eec.models.bridge import BridgeAutoencoder
 from flower_eec.payloads import (
     EMBEDDINGS_RECORD,
@@ -238,6 +239,8 @@ class FedAgg(Hierarchical):
         FedEEC's self-knowledge rectification on the server's passes: ``upward`` (edges learning
         from devices, the cloud from edges), ``both`` (also edges from the cloud) or ``off``.
         Devices follow their own config (``fedeec.skr=both``).
+    rectification : SKR, optional
+        The parts of SKR that apply where it does (default: both).
     embedding_shape : tuple (default: (4, 8, 8))
         Shape of one code (32x32 images).
     num_classes : int (default: 10)
@@ -256,6 +259,7 @@ class FedAgg(Hierarchical):
                  beta: float = 10.0, lr: float = 1e-3, momentum: float = 0.9,
                  weight_decay: float = 0.0, batch_size: int = 8, schedule: str = "parallel",
                  fidelity: bool = False, fp16: bool = False, skr: str = "off",
+                 rectification: SKR | None = None,
                  embedding_shape: tuple[int, ...] = (4, 8, 8), num_classes: int = 10,
                  logits_batch: int = 500, seed: int = 0,
                  torch_device: torch.device | None = None, **kwargs: Any) -> None:
@@ -270,10 +274,12 @@ class FedAgg(Hierarchical):
         self.cloud_model = cloud_model
         self.store = BridgeStore(bridge, mean, std, raw=fidelity, device=torch_device)
         # a parent learning from a child (upward), and a child from its parent (downward)
+        rectification = rectification or SKR()
         self.settings = Distillation(T=T, beta=beta, lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, batch_size=batch_size,
-                                     skr=skr != "off")
-        self.downward = dataclasses.replace(self.settings, skr=skr == "both")
+                                     skr=None if skr == "off" else rectification)
+        self.downward = dataclasses.replace(self.settings,
+                                            skr=rectification if skr == "both" else None)
         self.skr = skr
         self._device_of: dict[int, int] = {}
 
