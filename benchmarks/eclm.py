@@ -88,7 +88,7 @@ def offline_model(config: Config) -> ModularNet:
     offline_stage(model, data.public_train(), epochs=e.offline_epochs, batch_size=t.batch_size,
                   lr=t.lr, lb_weight=e.lb_weight, momentum=t.momentum,
                   weight_decay=t.weight_decay, augmented=config.data.augment,
-                  cutout=config.data.cutout, seed=config.seed)
+                  cutout=config.data.cutout, gate_noise=e.gate_noise, seed=config.seed)
     return model
 
 
@@ -114,7 +114,8 @@ def run_alone(config: Config) -> dict[str, Any]:
         kept = derive_submodel(uniform, budget_of(config, data, device, 1), np.array(sizes),
                                shared)
         model = ModularNet(data.dataset.num_classes, data.dataset.in_channels, layers=e.layers,
-                           modules=e.modules, top_k=e.top_k, channels=e.channels, kept=kept)
+                           modules=e.modules, top_k=e.top_k, channels=e.channels, kept=kept,
+                           selector_norm=e.selector_norm)
         model.load_state_dict({k: v for k, v in full.state_dict().items()
                                if k in model.state_dict()})
         models.append(model)

@@ -161,11 +161,13 @@ class EclmConfig:
 
     ``layers`` x ``modules`` BasicBlock modules of ``channels * 2**layer`` channels, ``top_k``
     (1 or 2) run per sample and layer; ``lb_weight`` weighs the load-balancing loss (cloud and
-    devices); the cloud trains ``offline_epochs`` on ``data.holdout`` before round 1;
-    ``cloud_weight`` is the cloud copy's share when modules are merged; a device's budget is a
-    fraction of the full model's parameters drawn in [``budget_low``, ``budget_high``] every
-    ``budget_every`` rounds (0: fixed); labels shift every ``shift_every`` rounds (0: never), by a
-    new Dirichlet(``data.alpha``) draw.
+    devices); against module collapse (our addition), ``gate_noise`` is the standard deviation
+    of Gaussian noise on the selector's logits in the offline stage and ``selector_norm``
+    standardises the selector's input; the cloud trains ``offline_epochs`` on ``data.holdout``
+    before round 1; ``cloud_weight`` is the cloud copy's share when modules are merged; a
+    device's budget is a fraction of the full model's parameters drawn in [``budget_low``,
+    ``budget_high``] every ``budget_every`` rounds (0: fixed); labels shift every
+    ``shift_every`` rounds (0: never), by a new Dirichlet(``data.alpha``) draw.
     """
 
     layers: int = 3
@@ -173,6 +175,8 @@ class EclmConfig:
     top_k: int = 1
     channels: int = 16
     lb_weight: float = 0.5
+    gate_noise: float = 0.3
+    selector_norm: bool = True
     offline_epochs: int = 5
     cloud_weight: float = 0.2
     budget_low: float = 0.3
@@ -530,6 +534,7 @@ def _validate_eclm(config: Config) -> None:
     _check(e.top_k in (1, 2) and e.top_k <= e.modules, "eclm.top_k", e.top_k,
            f"1 or 2, at most eclm.modules ({e.modules})")
     _check(e.lb_weight >= 0, "eclm.lb_weight", e.lb_weight, ">= 0")
+    _check(e.gate_noise >= 0, "eclm.gate_noise", e.gate_noise, ">= 0 (0: no noise)")
     _check(e.offline_epochs >= 0, "eclm.offline_epochs", e.offline_epochs, ">= 0")
     _check(0 <= e.cloud_weight < 1, "eclm.cloud_weight", e.cloud_weight, "a weight in [0, 1)")
     _check(0 < e.budget_low <= 1, "eclm.budget_low", e.budget_low, "a fraction in (0, 1]")

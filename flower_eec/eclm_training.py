@@ -21,9 +21,13 @@ from flower_eec.models.modular import ModularNet
 
 def train_modular(model: ModularNet, data: Images, *, epochs: int, batch_size: int, lr: float,
                   lb_weight: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                  augmented: bool = True, cutout: int = 0,
+                  augmented: bool = True, cutout: int = 0, gate_noise: float = 0.0,
                   generator: torch.Generator | None = None) -> dict[str, float]:
     """SGD on ``cross-entropy + lb_weight * load-balancing loss`` for ``epochs`` passes.
+
+    ``gate_noise`` > 0 adds Gaussian noise of that standard deviation to the selector's logits
+    while training (noisy gating, our addition against module collapse), drawn from
+    ``generator``; routing without noise is what the model uses afterwards.
 
     Returns the mean training loss (cross-entropy only), accuracy and load-balancing loss.
     """
@@ -34,7 +38,7 @@ def train_modular(model: ModularNet, data: Images, *, epochs: int, batch_size: i
     seen, ce_sum, lb_sum, correct = 0, 0.0, 0.0, 0
     for x, y in minibatches(data, epochs=epochs, batch_size=batch_size, augmented=augmented,
                              cutout=cutout, generator=generator, device=device):
-        logits, routing = model.forward_routed(x)
+        logits, routing = model.forward_routed(x, gate_noise, generator)
         ce = F.cross_entropy(logits, y)
         lb = load_balancing_loss(routing.gates, routing.chosen, model.available)
         optimiser.zero_grad(set_to_none=True)
@@ -80,7 +84,8 @@ def use_statistics(usage: np.ndarray) -> dict[str, float]:
 
 def offline_stage(model: ModularNet, own: Images, *, epochs: int, batch_size: int, lr: float,
                   lb_weight: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                  augmented: bool = True, cutout: int = 0, seed: int = 0) -> dict[str, Any]:
+                  augmented: bool = True, cutout: int = 0, gate_noise: float = 0.0,
+                  seed: int = 0) -> dict[str, Any]:
     """ECLM's offline stage: the cloud trains the modular model on its own data, in place.
 
     Returns a report: examples, epochs, the last training metrics, the module-use histogram on
@@ -92,6 +97,7 @@ def offline_stage(model: ModularNet, own: Images, *, epochs: int, batch_size: in
         metrics = train_modular(model, own, epochs=epochs, batch_size=batch_size, lr=lr,
                                 lb_weight=lb_weight, momentum=momentum,
                                 weight_decay=weight_decay, augmented=augmented, cutout=cutout,
+                                gate_noise=gate_noise,
                                 generator=torch.Generator().manual_seed(seed))
     usage = module_use(model, own) if len(own) else np.zeros((model.num_layers,
                                                                model.num_modules))

@@ -239,7 +239,7 @@ def run_eclm(config: Config, grid: MeteredGrid, recorder: Recorder,
                             batch_size=t.batch_size, lr=t.lr, lb_weight=e.lb_weight,
                             momentum=t.momentum, weight_decay=t.weight_decay,
                             augmented=config.data.augment, cutout=config.data.cutout,
-                            seed=config.seed)
+                            gate_noise=e.gate_noise, seed=config.seed)
     cloud = ArrayRecord(model.state_dict())
     offline["cloud"] = dict(evaluate_fn(0, cloud) or {})
     recorder.note("eclm_offline", offline)

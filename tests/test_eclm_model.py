@@ -13,7 +13,13 @@ from flower_eec.eclm_training import module_use, use_statistics
 from flower_eec.errors import ConfigError
 from flower_eec.learning import Images
 from flower_eec.models import build_model, count_parameters
-from flower_eec.models.modular import ModularNet, block_of, module_key, module_sizes
+from flower_eec.models.modular import (
+    ModularNet,
+    SelectorNorm,
+    block_of,
+    module_key,
+    module_sizes,
+)
 
 
 def small(**options: object) -> ModularNet:
@@ -85,8 +91,67 @@ def test_with_top1_the_selector_still_learns_from_the_task_loss() -> None:
 
     torch.nn.functional.cross_entropy(logits, torch.arange(8)).backward()
 
-    assert model.selector.weight.grad is not None
-    assert float(model.selector.weight.grad.abs().sum()) > 0
+    linear = model.selector[-1]
+    assert linear.weight.grad is not None
+    assert float(linear.weight.grad.abs().sum()) > 0
+
+
+def test_the_selector_norm_standardises_each_pooled_feature_over_the_batch() -> None:
+    norm = SelectorNorm(2)
+    x = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 16.0]])
+
+    out = norm(x)
+
+    # Column 0: mean 3, biased variance 8/3; column 1: mean 12, variance 8.
+    expected = torch.tensor([[-2.0, -2.0], [0.0, -2.0], [2.0, 4.0]])
+    expected /= torch.sqrt(torch.tensor([8 / 3, 8.0]) + norm.eps)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_the_selector_norm_uses_running_statistics_for_a_single_sample() -> None:
+    norm = SelectorNorm(2)
+    norm.running_mean.fill_(1.0)
+    norm.running_var.fill_(4.0)
+
+    out = norm(torch.tensor([[3.0, 5.0]]))  # in training mode
+
+    assert torch.allclose(out, torch.tensor([[1.0, 2.0]]), atol=1e-4)
+    assert torch.equal(norm.running_mean, torch.ones(2))  # a single sample updates nothing
+
+
+def test_without_selector_norm_the_selector_is_the_linear_layer_alone() -> None:
+    model = small(selector_norm=False)
+
+    assert [type(m) for m in model.selector] == [torch.nn.Linear]
+    assert isinstance(small().selector[0], SelectorNorm)
+
+
+def test_gate_noise_changes_training_routing_reproducibly_and_only_when_asked() -> None:
+    model = small()
+    x = torch.randn(16, 3, 8, 8)
+
+    _, clean = model.forward_routed(x)
+    _, again = model.forward_routed(x)
+    _, noisy = model.forward_routed(x, 1.0, torch.Generator().manual_seed(3))
+    _, same = model.forward_routed(x, 1.0, torch.Generator().manual_seed(3))
+
+    assert torch.equal(clean.gates, again.gates)
+    assert not torch.allclose(clean.gates, noisy.gates)
+    assert torch.equal(noisy.gates, same.gates)
+    assert torch.allclose(noisy.gates.sum(dim=2), torch.ones(16, 2))
+
+
+def test_a_frozen_selector_keeps_its_weights_and_statistics_while_training() -> None:
+    model = small()
+    model.freeze_selector()
+    before = {k: v.clone() for k, v in model.selector.state_dict().items()}
+
+    model.train()
+    model(torch.randn(8, 3, 8, 8) + 5)
+
+    assert not model.selector.training and model.stem.training
+    assert all(not p.requires_grad for p in model.selector.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.selector.state_dict().items())
 
 
 @pytest.mark.parametrize(("options", "mentions"), [

@@ -146,6 +146,7 @@ def test_bad_payloads_fail_their_device_only_and_the_run_goes_on() -> None:
     ({"eclm": {"budget_low": 0.5, "budget_high": 0.4}}, "eclm.budget_high"),
     ({"eclm": {"shift_every": -1}}, "eclm.shift_every"),
     ({"eclm": {"modules": 0}}, "eclm.modules"),
+    ({"eclm": {"gate_noise": -0.1}}, "eclm.gate_noise"),
 ])
 def test_bad_eclm_settings_are_config_errors_naming_the_key(overrides: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

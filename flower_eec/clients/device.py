@@ -61,7 +61,7 @@ def build_device_model(config: Config, data: FederatedData, name: str) -> torch.
     if name == "modular":
         e = config.eclm
         options = {"layers": e.layers, "modules": e.modules, "top_k": e.top_k,
-                   "channels": e.channels}
+                   "channels": e.channels, "selector_norm": e.selector_norm}
     return build_model(name, data.dataset.num_classes, data.dataset.in_channels, **options)
 
 

@@ -117,9 +117,10 @@ def train(msg: Message, context: Context) -> Message:
     e, t = config.eclm, config.train
     kept = kept_from(msg.content.config_records[SUBMODEL], e.layers)
     model = ModularNet(data.dataset.num_classes, data.dataset.in_channels, layers=e.layers,
-                       modules=e.modules, top_k=e.top_k, channels=e.channels, kept=kept)
+                       modules=e.modules, top_k=e.top_k, channels=e.channels, kept=kept,
+                       selector_norm=e.selector_norm)
     _load(model, _only_record(msg), need_all=True)
-    model.selector.requires_grad_(False)
+    model.freeze_selector()
     now = current_data(config, data, server_round)
     shard, local = now.device_train(device), now.device_test(device)
     before = evaluate(model, local, config.eval.batch_size)

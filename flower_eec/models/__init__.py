@@ -28,7 +28,7 @@ MODEL_NAMES: tuple[str, ...] = ("cnn3", *RESNET_BLOCKS, "modular")
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "cnn3": (),
     **dict.fromkeys(RESNET_BLOCKS, ("stem", "width")),
-    "modular": ("layers", "modules", "top_k", "channels", "kept"),
+    "modular": ("layers", "modules", "top_k", "channels", "kept", "selector_norm"),
 }
 
 

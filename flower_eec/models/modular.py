@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from flower_eec.errors import ConfigError
 from flower_eec.models.resnet import BasicBlock
@@ -33,6 +34,25 @@ class Routing:
     gates: torch.Tensor
     chosen: torch.Tensor
     weights: torch.Tensor
+
+
+class SelectorNorm(nn.BatchNorm1d):
+    """Standardises the selector's input features, without affine terms.
+
+    A batch of one sample cannot be standardised by its own statistics, so it uses the running
+    ones (a minibatch's remainder can hold one sample).
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__(features, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, features)`` standardised by the batch's statistics (the running ones in eval
+        mode or for a single sample)."""
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(x, self.running_mean, self.running_var, training=False,
+                                eps=self.eps)
+        return super().forward(x)
 
 
 def module_key(layer: int, module: int) -> str:
@@ -60,10 +80,11 @@ class ModularNet(nn.Module):
 
     Layer ``l`` has ``channels * 2**l`` output channels; layer 0 keeps the resolution, each later
     layer halves it. All modules of one layer have the same shape, so any subset of them forms a
-    working sub-model. The selector is one linear layer over the globally pooled stem features,
-    giving ``layers`` softmaxes over ``modules``; each sample runs its ``top_k`` held modules per
-    layer, mixed with their gate values divided by the (gradient-free) sum of the chosen gates:
-    the output keeps unit scale and the selector still gets a gradient when ``top_k`` is 1.
+    working sub-model. The selector is one linear layer over the globally pooled stem features
+    (standardised first, by default), giving ``layers`` softmaxes over ``modules``; each sample
+    runs its ``top_k`` held modules per layer, mixed with their gate values divided by the
+    (gradient-free) sum of the chosen gates: the output keeps unit scale and the selector still
+    gets a gradient when ``top_k`` is 1.
 
     Args:
         num_classes: Number of output logits.
@@ -73,11 +94,15 @@ class ModularNet(nn.Module):
         top_k: Modules each sample runs per layer (1 or 2); fewer where a layer holds fewer.
         channels: Channels of the stem and of layer 0.
         kept: Module indices held per layer (a sub-model); ``None`` holds all of them.
+        selector_norm: Standardise the pooled features (BatchNorm without affine terms) before
+            the selector's linear layer, so that the gates depend on the input more than on
+            the selector's bias (our addition against module collapse; README, ECLM).
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, layers: int = 3,
                  modules: int = 4, top_k: int = 1, channels: int = 16,
-                 kept: Sequence[Sequence[int]] | None = None) -> None:
+                 kept: Sequence[Sequence[int]] | None = None,
+                 selector_norm: bool = True) -> None:
         super().__init__()
         self.num_layers = _check("layers", layers, 1)
         self.num_modules = _check("modules", modules, 1)
@@ -90,7 +115,10 @@ class ModularNet(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-        self.selector = nn.Linear(channels, layers * modules)
+        linear = nn.Linear(channels, layers * modules)
+        self.selector = (nn.Sequential(SelectorNorm(channels), linear)
+                         if selector_norm else nn.Sequential(linear))
+        self.selector_frozen = False
         widths = [channels * 2**layer for layer in range(layers)]
         self.layers = nn.ModuleList(
             nn.ModuleDict({str(i): BasicBlock(widths[max(layer - 1, 0)], widths[layer],
@@ -123,16 +151,44 @@ class ModularNet(nn.Module):
             out.append(ids)
         return tuple(out)
 
-    def route(self, features: torch.Tensor) -> torch.Tensor:
-        """Gates ``(N, L, M)`` from stem features; modules not held get probability 0."""
+    def freeze_selector(self) -> None:
+        """Keep the selector as it is: no gradient, and its statistics stay in eval mode."""
+        self.selector.requires_grad_(False)
+        self.selector_frozen = True
+        self.selector.eval()
+
+    def train(self, mode: bool = True) -> ModularNet:
+        """``nn.Module.train``, except that a frozen selector stays in eval mode."""
+        super().train(mode)
+        if self.selector_frozen:
+            self.selector.eval()
+        return self
+
+    def route(self, features: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Gates ``(N, L, M)`` from stem features; modules not held get probability 0.
+
+        ``noise`` (``(N, L, M)``), when given, is added to the selector's logits first.
+        """
         pooled = features.mean(dim=(2, 3))
         logits = self.selector(pooled).view(-1, self.num_layers, self.num_modules)
+        if noise is not None:
+            logits = logits + noise
         return logits.masked_fill(~self.available, float("-inf")).softmax(dim=2)
 
-    def forward_routed(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
-        """Logits ``(N, num_classes)`` and the routing that produced them."""
+    def forward_routed(self, x: torch.Tensor, gate_noise: float = 0.0,
+                       generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, Routing]:
+        """Logits ``(N, num_classes)`` and the routing that produced them.
+
+        ``gate_noise`` > 0 adds Gaussian noise of that standard deviation to the selector's
+        logits (noisy gating, for training only), drawn from ``generator`` (a CPU generator).
+        """
         h = self.stem(x)
-        gates = self.route(h)
+        noise = None
+        if gate_noise > 0:
+            shape = (x.shape[0], self.num_layers, self.num_modules)
+            noise = (gate_noise * torch.randn(shape, generator=generator)).to(x.device)
+        gates = self.route(h, noise)
         chosen_all, weights_all = [], []
         for layer, blocks in enumerate(self.layers):
             k = min(self.top_k, len(self.kept[layer]))
