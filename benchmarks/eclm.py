@@ -82,7 +82,8 @@ def offline_model(config: Config) -> ModularNet:
     """The cloud model after the offline stage, exactly as ``experiment.run`` makes it."""
     torch.manual_seed(config.seed)
     data = federated_data(config)
-    model = build_device_model(config, data, "modular")
+    build_device_model(config, data, "modular")  # experiment.run's evaluator draws first
+    model = build_device_model(config, data, "modular")  # then its initial weights
     assert isinstance(model, ModularNet)
     e, t = config.eclm, config.train
     offline_stage(model, data.public_train(), epochs=e.offline_epochs, batch_size=t.batch_size,

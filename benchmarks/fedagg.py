@@ -108,6 +108,7 @@ def summarise(name: str, summary: dict[str, Any]) -> dict[str, Any]:
         "run": name, "method": summary["method"], "rounds": len(rounds),
         "final": summary["final"]["cloud_accuracy"],
         "best": summary["final"]["best_cloud_accuracy"],
+        "last5": mean([r["cloud"].get("accuracy") or 0.0 for r in rounds[-5:]]),
         "round_25": first_round_reaching(rounds, 0.25),
         "round_30": first_round_reaching(rounds, 0.30),
         "curve": [r["cloud"].get("accuracy") for r in rounds],
@@ -131,15 +132,16 @@ def _kb(value: float) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown tables of the summary."""
-    lines = ["| run | cloud model | rounds | final % | best % | round to 25% | round to 30% | "
-             "s/round | server s | exchange s | device compute s | rest s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| run | cloud model | rounds | final % | best % | last 5 mean % | round to 25% | "
+             "round to 30% | s/round | server s | exchange s | device compute s | rest s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(
             f"| {r['run']} | {r['config']['model']['cloud']} | {r['rounds']} | "
-            f"{_pct(r['final'])} | {_pct(r['best'])} | {r['round_25'] or '-'} | "
-            f"{r['round_30'] or '-'} | {r['wall_s']:.1f} | {r['server_s']:.1f} | "
-            f"{r['exchange_s']:.1f} | {r['device_s']:.1f} | {r['rest_s']:.1f} |")
+            f"{_pct(r['final'])} | {_pct(r['best'])} | {_pct(r['last5'])} | "
+            f"{r['round_25'] or '-'} | {r['round_30'] or '-'} | {r['wall_s']:.1f} | "
+            f"{r['server_s']:.1f} | {r['exchange_s']:.1f} | {r['device_s']:.1f} | "
+            f"{r['rest_s']:.1f} |")
     lines += ["", "Seconds per round from round 2 on: server = edge and cloud compute (teacher "
               "logits, distillation, central evaluation); exchange = inside `send_and_receive` "
               "(devices train there, two Ray actors at a time); device compute = the devices' own "

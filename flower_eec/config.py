@@ -160,14 +160,15 @@ class EclmConfig:
     """ECLM (``method=eclm``): the modular model, the offline stage, budgets, the shift schedule.
 
     ``layers`` x ``modules`` BasicBlock modules of ``channels * 2**layer`` channels, ``top_k``
-    (1 or 2) run per sample and layer; ``lb_weight`` weighs the load-balancing loss (cloud and
-    devices); against module collapse (our addition), ``gate_noise`` is the standard deviation
-    of Gaussian noise on the selector's logits in the offline stage and ``selector_norm``
-    standardises the selector's input; the cloud trains ``offline_epochs`` on ``data.holdout``
-    before round 1; ``cloud_weight`` is the cloud copy's share when modules are merged; a
-    device's budget is a fraction of the full model's parameters drawn in [``budget_low``,
-    ``budget_high``] every ``budget_every`` rounds (0: fixed); labels shift every
-    ``shift_every`` rounds (0: never), by a new Dirichlet(``data.alpha``) draw.
+    (1 or 2) run per sample and layer; ``lb_weight`` weighs the load-balancing loss (in the
+    cloud's offline stage; devices keep the selector frozen); against module collapse (our
+    addition), ``gate_noise`` is the standard deviation of Gaussian noise on the selector's
+    logits in the offline stage and ``selector_norm`` standardises the selector's input; the
+    cloud trains ``offline_epochs`` on ``data.holdout`` before round 1; ``cloud_weight`` is the
+    cloud copy's share when modules are merged; a device's budget is a fraction of the full
+    model's parameters drawn in [``budget_low``, ``budget_high``] every ``budget_every`` rounds
+    (0: fixed); labels shift every ``shift_every`` rounds (0: never), by a new
+    Dirichlet(``data.alpha``) draw.
     """
 
     layers: int = 3
