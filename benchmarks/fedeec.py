@@ -5,7 +5,8 @@ The same data, topology and rounds as ``benchmarks/fedagg.py`` (CIFAR-10, 20 dev
 device moves to another edge with probability 0.2 and is offline with probability 0.2, and edge 1
 is down for rounds 8 to 12 (its devices sit out). SKR ablation: ``off`` is FedAgg, pass for pass
 (tests/test_fedeec.py checks it to the bit), so the ``fedagg`` run serves as FedEEC with SKR off;
-``fedeec`` is SKR upward (the default) and ``fedeec-skr-both`` both directions.
+``fedeec`` is SKR upward (the default) and ``fedeec-skr-both`` both directions. The ``-beta1``
+runs repeat FedAgg, FedEEC and FedEEC dynamic at ``fedagg.beta=1``, where FedAgg's curve is smooth.
 
 The static ``fedagg`` and ``hierfavg`` runs are those of ``benchmarks/fedagg.py`` (the same
 configs), read from ``benchmarks/results/fedagg/``. Results: ``benchmarks/results/fedeec/<run>``,
@@ -36,9 +37,14 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "fedeec-dynamic": ("fedeec", DYNAMIC),
     "fedagg-dynamic": ("fedagg", DYNAMIC),
     "hierfavg-dynamic": ("hierfavg", DYNAMIC),
+    # beta = 1, where FedAgg's curve is smooth (benchmarks/fedagg.py's fedagg-beta1)
+    "fedagg-beta1": ("fedagg", ["fedagg.beta=1"]),
+    "fedeec-beta1": ("fedeec", ["fedagg.beta=1"]),
+    "fedeec-beta1-dynamic": ("fedeec", ["fedagg.beta=1", *DYNAMIC]),
 }
 FEDEEC = Suite("fedeec", RUNS, "CIFAR-10, cpu profile; dynamic: mobility 0.2, device dropout "
-               "0.2, edge 1 down in rounds 8-12", shared={"fedagg": "fedagg", "hierfavg": "fedagg"})
+               "0.2, edge 1 down in rounds 8-12",
+               shared={"fedagg": "fedagg", "hierfavg": "fedagg", "fedagg-beta1": "fedagg"})
 
 if __name__ == "__main__":
     main(FEDEEC, __doc__)
