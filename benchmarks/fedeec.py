@@ -42,8 +42,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "fedeec-beta1": ("fedeec", ["fedagg.beta=1"]),
     "fedeec-beta1-dynamic": ("fedeec", ["fedagg.beta=1", *DYNAMIC]),
 }
-FEDEEC = Suite("fedeec", RUNS, "CIFAR-10, cpu profile; dynamic: mobility 0.2, device dropout "
-               "0.2, edge 1 down in rounds 8-12",
+FEDEEC = Suite("fedeec", RUNS, "CIFAR-10, cpu profile; dynamic: moves 0.2, dropout 0.2, "
+               "edge 1 down r8-12",
                shared={"fedagg": "fedagg", "hierfavg": "fedagg", "fedagg-beta1": "fedagg"})
 
 if __name__ == "__main__":
