@@ -78,19 +78,23 @@ def run_eclm(config: Config) -> dict[str, Any]:
     return experiment.run(grid, config)
 
 
-def offline_model(config: Config) -> ModularNet:
-    """The cloud model after the offline stage, exactly as ``experiment.run`` makes it."""
+def offline_model(config: Config, fresh_init: bool = False
+                  ) -> tuple[ModularNet, dict[str, Any]]:
+    """The cloud model after the offline stage, exactly as ``experiment.run`` makes it (other
+    initial weights with ``fresh_init``), and the stage's report."""
     torch.manual_seed(config.seed)
     data = federated_data(config)
-    build_device_model(config, data, "modular")  # experiment.run's evaluator draws first
+    if not fresh_init:
+        build_device_model(config, data, "modular")  # experiment.run's evaluator draws first
     model = build_device_model(config, data, "modular")  # then its initial weights
     assert isinstance(model, ModularNet)
     e, t = config.eclm, config.train
-    offline_stage(model, data.public_train(), epochs=e.offline_epochs, batch_size=t.batch_size,
-                  lr=t.lr, lb_weight=e.lb_weight, momentum=t.momentum,
-                  weight_decay=t.weight_decay, augmented=config.data.augment,
-                  cutout=config.data.cutout, gate_noise=e.gate_noise, seed=config.seed)
-    return model
+    report = offline_stage(model, data.public_train(), epochs=e.offline_epochs,
+                           batch_size=t.batch_size, lr=t.lr, lb_weight=e.lb_weight,
+                           momentum=t.momentum, weight_decay=t.weight_decay,
+                           augmented=config.data.augment, cutout=config.data.cutout,
+                           gate_noise=e.gate_noise, seed=config.seed)
+    return model, report
 
 
 def _train(config: Config, model: ModularNet, shard: Any, lb_weight: float, seed: int) -> None:
@@ -140,7 +144,7 @@ def run_alone(config: Config) -> dict[str, Any]:
 def run_fedavg(config: Config) -> dict[str, Any]:
     """FedAvg of the full modular model from the offline-trained cloud model."""
     data = federated_data(config)
-    model = offline_model(config)
+    model, _ = offline_model(config)
     test = data.global_test()
     full_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     rounds = []

@@ -22,13 +22,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flower_eec.clients.device import build_device_model  # noqa: E402
+from eclm import offline_model  # noqa: E402  (benchmarks/eclm.py)
+
 from flower_eec.config import parse_overrides, resolve  # noqa: E402
 from flower_eec.data.federated import federated_data  # noqa: E402
-from flower_eec.eclm_training import offline_stage  # noqa: E402
 from flower_eec.learning import evaluate  # noqa: E402
-from flower_eec.models.modular import ModularNet  # noqa: E402
 
 
 def main() -> None:
@@ -46,19 +46,9 @@ def main() -> None:
                  "data": {**overrides.get("data", {}), "root": args.data_root}}
     config = resolve(ROOT / "examples" / "eclm.yaml", overrides)
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    data = federated_data(config)
-    if not args.fresh_init:
-        build_device_model(config, data, "modular")  # experiment.run's evaluator model draws first
-    model = build_device_model(config, data, "modular")
-    assert isinstance(model, ModularNet)
-    e, t = config.eclm, config.train
-    report = offline_stage(model, data.public_train(), epochs=e.offline_epochs,
-                           batch_size=t.batch_size, lr=t.lr, lb_weight=e.lb_weight,
-                           momentum=t.momentum, weight_decay=t.weight_decay,
-                           augmented=config.data.augment, cutout=config.data.cutout,
-                           gate_noise=e.gate_noise, seed=config.seed)
-    report["cloud_accuracy"] = evaluate(model, data.global_test(),
+    model, report = offline_model(config, fresh_init=args.fresh_init)
+    e = config.eclm
+    report["cloud_accuracy"] = evaluate(model, federated_data(config).global_test(),
                                         config.eval.batch_size)["accuracy"]
     report["settings"] = {"lb_weight": e.lb_weight, "gate_noise": e.gate_noise,
                           "selector_norm": e.selector_norm,
