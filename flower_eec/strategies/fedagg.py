@@ -25,7 +25,7 @@ from torch import nn
 
 from flower_eec.bridge_store import BridgeStore
 from flower_eec.bsbodp import Distillation, distil_pass, logits_on
-from flower_eec.config import SKR_MODES
+from flower_eec.config import SCHEDULES, SKR_MODES
 from flower_eec.errors import PayloadError
 from flower_eec.losses import SKR
 from flower_eec.models.bridge import BridgeAutoencoder
@@ -263,7 +263,7 @@ class FedAgg(Hierarchical):
                  embedding_shape: tuple[int, ...] = (4, 8, 8), num_classes: int = 10,
                  logits_batch: int = 500, seed: int = 0,
                  torch_device: torch.device | None = None, **kwargs: Any) -> None:
-        if schedule not in ("parallel", "sequential"):
+        if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be 'parallel' or 'sequential', got {schedule!r}")
         if skr not in SKR_MODES:
             raise ValueError(f"skr must be one of {SKR_MODES}, got {skr!r}")
