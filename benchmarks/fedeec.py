@@ -29,6 +29,7 @@ from fedagg import Suite, main  # noqa: E402  (the runner of benchmarks/fedagg.p
 
 DYNAMIC = ["topology.mobility=0.2", "topology.device_dropout=0.2",
            "topology.edge_outages=[[1,8,12]]"]
+CLIP = ["fedagg.clip=20"]
 RUNS: dict[str, tuple[str, list[str]]] = {
     "fedeec": ("fedeec", []),
     "fedeec-skr-both": ("fedeec", ["fedeec.skr=both"]),
@@ -41,6 +42,11 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "fedagg-beta1": ("fedagg", ["fedagg.beta=1"]),
     "fedeec-beta1": ("fedeec", ["fedagg.beta=1"]),
     "fedeec-beta1-dynamic": ("fedeec", ["fedagg.beta=1", *DYNAMIC]),
+    # where the dynamic gap comes from: mobility alone, and gradient clipping (fedagg.clip)
+    "fedeec-mobility": ("fedeec", ["topology.mobility=0.2"]),
+    "fedeec-clip": ("fedeec", CLIP),
+    "fedeec-clip-mobility": ("fedeec", [*CLIP, "topology.mobility=0.2"]),
+    "fedeec-clip-dynamic": ("fedeec", [*CLIP, *DYNAMIC]),
 }
 FEDEEC = Suite("fedeec", RUNS, "CIFAR-10, cpu profile; dynamic: moves 0.2, dropout 0.2, "
                "edge 1 down r8-12",

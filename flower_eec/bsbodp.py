@@ -26,6 +26,9 @@ class Distillation:
         batch_size: Mini-batch size.
         skr: Distil towards FedEEC's rectified target (with these parts) instead of the
             teacher's softmax; None: plain KD.
+        clip: Largest L2 norm of a step's gradient (all parameters together); 0: no clipping
+            (the papers). Our stabiliser: rare gradient spikes in batch-8 passes can wreck a
+            server model, which then teaches everyone below it.
     """
 
     T: float = 3.0
@@ -35,6 +38,7 @@ class Distillation:
     weight_decay: float = 0.0
     batch_size: int = 8
     skr: SKR | None = None
+    clip: float = 0.0
 
 
 @torch.no_grad()
@@ -91,6 +95,8 @@ def distil_pass(student: nn.Module, samples: torch.Tensor, labels: torch.Tensor,
                              skr=settings.skr)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        if settings.clip > 0:
+            nn.utils.clip_grad_norm_(student.parameters(), settings.clip)
         optimiser.step()
         seen += len(index)
         loss_sum += float(loss.detach()) * len(index)

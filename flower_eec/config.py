@@ -126,7 +126,8 @@ class FedAggConfig:
     ``fidelity`` reproduces the official demo where its defects change results (BatchNorm in
     training mode for teacher logits and testing, bridge samples in [0, 1], frozen augmentation).
     ``bridge_weights`` is a weights JSON of ``scripts/train_bridge.py``; empty takes the shipped
-    CIFAR-10 bridge.
+    CIFAR-10 bridge. ``clip`` > 0 caps the gradient norm of every distillation step (ours;
+    0: the papers' unclipped SGD).
     """
 
     T: float = 3.0
@@ -137,6 +138,7 @@ class FedAggConfig:
     fidelity: bool = False
     fp16: bool = False
     bridge_weights: str = ""
+    clip: float = 0.0
 
 
 @dataclass
@@ -512,7 +514,7 @@ def demo_fidelity(config: Config) -> bool:
 def _validate_fedagg(config: Config) -> None:
     f = config.fedagg
     _check(f.T > 0, "fedagg.T", f.T, "> 0")
-    for key in ("beta", "beta_leaf", "gamma"):
+    for key in ("beta", "beta_leaf", "gamma", "clip"):
         _check(getattr(f, key) >= 0, f"fedagg.{key}", getattr(f, key), ">= 0")
     _choice("fedagg.schedule", f.schedule, SCHEDULES)
     if f.bridge_weights:

@@ -163,7 +163,7 @@ def fedagg_strategy(config: Config, initial: ArrayRecord, **options: Any) -> Fed
     return (FedEEC if config.method == "fedeec" else FedAgg)(
         cloud_model=cloud_model, edge_model=edge_model, bridge=bridge_of(f.bridge_weights),
         mean=d.mean, std=d.std, T=f.T, beta=f.beta, lr=t.lr, momentum=t.momentum,
-        weight_decay=t.weight_decay, batch_size=t.batch_size, schedule=f.schedule,
+        weight_decay=t.weight_decay, batch_size=t.batch_size, clip=f.clip, schedule=f.schedule,
         fidelity=f.fidelity, fp16=f.fp16, skr=skr_mode(config),
         rectification=rectification(config), num_classes=d.num_classes,
         embedding_shape=(4, d.x_train.shape[2] // 4, d.x_train.shape[3] // 4),

@@ -112,7 +112,7 @@ def train(msg: Message, context: Context) -> Message:
     samples = device_samples(config, data, device)
     settings = Distillation(T=f.T, beta=f.beta_leaf, lr=float(sent.get("lr", t.lr)),  # type: ignore[arg-type]
                             momentum=t.momentum, weight_decay=t.weight_decay,
-                            batch_size=t.batch_size,
+                            batch_size=t.batch_size, clip=f.clip,
                             skr=rectification(config) if skr_mode(config) == "both" else None)
     generator = round_generator(config, server_round, device)
     metrics: dict[str, Any] = distil_pass(

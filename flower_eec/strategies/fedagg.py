@@ -227,6 +227,8 @@ class FedAgg(Hierarchical):
         Temperature and KD weight of the non-leaf loss (paper values).
     lr, momentum, weight_decay, batch_size :
         SGD of every server-side pass (paper: 1e-3, 0.9, 0, 8); a fresh optimiser per pass.
+    clip : float (default: 0.0)
+        Largest gradient norm of a server-side step; 0: unclipped (the papers).
     schedule : str (default: "parallel")
         ``parallel``: all devices at once, then all edges learn from the cloud, then the cloud
         from each edge. ``sequential``: the official demo's depth-first order, one device at a
@@ -257,7 +259,8 @@ class FedAgg(Hierarchical):
                  edge_model: nn.Module | Callable[[int], nn.Module], bridge: BridgeAutoencoder,
                  mean: Sequence[float], std: Sequence[float], *, T: float = 3.0,
                  beta: float = 10.0, lr: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0, batch_size: int = 8, schedule: str = "parallel",
+                 weight_decay: float = 0.0, batch_size: int = 8, clip: float = 0.0,
+                 schedule: str = "parallel",
                  fidelity: bool = False, fp16: bool = False, skr: str = "off",
                  rectification: SKR | None = None,
                  embedding_shape: tuple[int, ...] = (4, 8, 8), num_classes: int = 10,
@@ -277,7 +280,7 @@ class FedAgg(Hierarchical):
         rectification = rectification or SKR()
         self.settings = Distillation(T=T, beta=beta, lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, batch_size=batch_size,
-                                     skr=None if skr == "off" else rectification)
+                                     clip=clip, skr=None if skr == "off" else rectification)
         self.downward = dataclasses.replace(self.settings,
                                             skr=rectification if skr == "both" else None)
         self.skr = skr
