@@ -106,6 +106,27 @@ def test_leaf_pass_adds_gamma_times_ce_on_the_real_images(batch) -> None:
     assert not same(state(leaf), state(bridge_only))
 
 
+def test_clip_caps_the_norm_of_each_step(batch) -> None:
+    samples, labels = batch
+    logits = logits_on(tiny(1), samples, batch_size=12)
+    probe = tiny(2)
+    probe.train()
+    nonleaf_loss(probe(samples), labels, logits, 3.0, 10.0).backward()
+    norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in probe.parameters()])))
+
+    def step(clip: float) -> float:  # one batch, no momentum: the step is lr * gradient
+        student = tiny(2)
+        before = [p.detach().clone() for p in student.parameters()]
+        distil_pass(student, samples, labels, logits,
+                    Distillation(lr=0.1, momentum=0.0, batch_size=12, clip=clip), shuffle=False)
+        moved = [p.detach() - b for p, b in zip(student.parameters(), before, strict=True)]
+        return float(torch.linalg.vector_norm(torch.stack([m.norm() for m in moved])))
+
+    assert step(0.0) == pytest.approx(0.1 * norm, rel=1e-4)
+    assert step(norm / 4) == pytest.approx(0.1 * norm / 4, rel=1e-4)
+    assert step(norm * 4) == pytest.approx(0.1 * norm, rel=1e-4)  # under the cap: untouched
+
+
 def test_seeded_order_makes_passes_reproducible(batch) -> None:
     samples, labels = batch
     logits = logits_on(tiny(1), samples, batch_size=12)

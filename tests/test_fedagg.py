@@ -236,6 +236,21 @@ def test_sequential_schedule_is_the_demos_depth_first_order(tmp_path: Path,
     ]
 
 
+def test_clip_reaches_every_pass_devices_and_servers(tmp_path: Path, monkeypatch) -> None:
+    clips: list[tuple[str, float]] = []
+    for side, module in (("server", server_side), ("device", device_side)):
+        def spy(*args: Any, _side: str = side, _pass: Any = module.distil_pass,
+                **kwargs: Any) -> Any:
+            clips.append((_side, args[4].clip))
+            return _pass(*args, **kwargs)
+        monkeypatch.setattr(module, "distil_pass", spy)
+    config = smoke(tmp_path, fedagg={"clip": 3.0})
+    strategy = build(config, on_round=None)
+    grid = LocalGrid(app, 4, {"config-json": to_json(config)})
+    strategy.start(grid, server_side.state_record(strategy.cloud_model), num_rounds=1)
+    assert sorted(clips) == [("device", 3.0)] * 4 + [("server", 3.0)] * 8
+
+
 def test_each_online_edge_holds_exactly_its_devices_codes(tmp_path: Path) -> None:
     config = smoke(tmp_path, topology={"num_devices": 6, "num_edges": 2})
     strategy = build(config, on_round=None)
@@ -267,6 +282,8 @@ def test_config_names_what_fedagg_needs() -> None:
         resolve(None, {"method": "fedagg", "fedagg": {"schedule": "random"}})
     with pytest.raises(ConfigError, match="fedagg.T"):
         resolve(None, {"method": "fedagg", "fedagg": {"T": 0}})
+    with pytest.raises(ConfigError, match="fedagg.clip"):
+        resolve(None, {"method": "fedagg", "fedagg": {"clip": -1}})
     config = resolve(None, {"method": "fedagg", "profile": "paper"})
     assert (config.model.device, config.model.edge, config.model.cloud) == (
         "cnn3", "resnet10", "resnet18")
