@@ -47,6 +47,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "fedeec-clip": ("fedeec", CLIP),
     "fedeec-clip-mobility": ("fedeec", [*CLIP, "topology.mobility=0.2"]),
     "fedeec-clip-dynamic": ("fedeec", [*CLIP, *DYNAMIC]),
+    "fedeec-clip-seed1": ("fedeec", [*CLIP, "seed=1"]),
+    "fedeec-clip-mobility-seed1": ("fedeec", [*CLIP, "topology.mobility=0.2", "seed=1"]),
 }
 FEDEEC = Suite("fedeec", RUNS, "CIFAR-10, cpu profile; dynamic: moves 0.2, dropout 0.2, "
                "edge 1 down r8-12",

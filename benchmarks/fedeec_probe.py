@@ -3,9 +3,11 @@
 Runs ``examples/fedeec.yaml`` (``cpu`` profile, default: the dynamic setting of
 ``benchmarks/fedeec.py``) in this process on a ``LocalGrid`` and prints, for each pass of an edge
 or the cloud, the devices whose bridge samples it covered, its mean loss and the median, 90th
-percentile and largest gradient norm of its steps (before any ``fedagg.clip``); after each of the
-cloud's passes also the cloud's accuracy and loss on the first 1,000 test images. Diagnostic
-only: the results go to a temporary folder; the printout is the result.
+percentile and largest gradient norm of its steps (after any ``fedagg.clip``); after each of the
+cloud's passes also the cloud's accuracy and loss on the first 1,000 test images, with BatchNorm's
+running statistics (as the benchmarks test) and with batch statistics (which tells broken running
+statistics from broken weights). Diagnostic only: the results go to a temporary folder; the
+printout is the result.
 
 Run (from the repository root)::
 
@@ -70,9 +72,12 @@ def main() -> None:
                 f"  |grad| median {statistics.median(norms):6.1f} p90 {q[8]:6.1f}"
                 f" max {max(norms):7.1f}")
         if edge.name == "cloud":
-            test_metrics = evaluate(edge.model, probe)
-            line += (f"  -> cloud {100 * test_metrics['accuracy']:5.1f}%"
-                     f" loss {test_metrics['loss']:.3g}")
+            kept = {k: v.clone() for k, v in edge.model.state_dict().items()}
+            running = evaluate(edge.model, probe)
+            batch = evaluate(edge.model, probe, bn_train=True)  # moves the running statistics
+            edge.model.load_state_dict(kept)
+            line += (f"  -> cloud {100 * running['accuracy']:5.1f}% loss {running['loss']:.3g}"
+                     f" (batch stats {100 * batch['accuracy']:5.1f}% loss {batch['loss']:.3g})")
         print(line, flush=True)
         return metrics
 
