@@ -47,6 +47,9 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "fedeec-clip": ("fedeec", CLIP),
     "fedeec-clip-mobility": ("fedeec", [*CLIP, "topology.mobility=0.2"]),
     "fedeec-clip-dynamic": ("fedeec", [*CLIP, *DYNAMIC]),
+    "fedagg-clip": ("fedagg", CLIP),
+    "fedeec-seed1": ("fedeec", ["seed=1"]),
+    "fedeec-mobility-seed1": ("fedeec", ["topology.mobility=0.2", "seed=1"]),
     "fedeec-clip-seed1": ("fedeec", [*CLIP, "seed=1"]),
     "fedeec-clip-mobility-seed1": ("fedeec", [*CLIP, "topology.mobility=0.2", "seed=1"]),
 }
