@@ -45,13 +45,15 @@ class Suite:
 
     Run ``r`` writes ``benchmarks/results/<name>/<r>``; the summary goes to
     ``benchmarks/results/<name>_cpu.md`` / ``.json`` / ``.png``. ``shared`` names runs whose
-    folder is another suite's (the same config: measured once).
+    folder is another suite's (the same config: measured once). ``panels`` splits the plot: a
+    title and the runs of each panel (default: one panel, every run).
     """
 
     name: str
     runs: dict[str, tuple[str, list[str]]]
     title: str
     shared: dict[str, str] = field(default_factory=dict)
+    panels: dict[str, list[str]] = field(default_factory=dict)
 
     def folder(self, run: str) -> Path:
         return RESULTS / self.shared.get(run, self.name) / run
@@ -158,22 +160,34 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Cloud accuracy per round of every run."""
+def plot(rows: list[dict[str, Any]], path: Path, title: str,
+         panels: dict[str, list[str]] | None = None) -> None:
+    """Cloud accuracy per round of every run, in one panel or in ``panels`` (title -> runs)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
-        curve = [(i + 1, a) for i, a in enumerate(r["curve"]) if a is not None]
-        ax.plot([c[0] for c in curve], [100 * c[1] for c in curve], marker=".", label=r["run"])
-    ax.set_xlabel("round")
-    ax.set_ylabel("cloud test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = panels or {title: [r["run"] for r in rows]}
+    by_name = {r["run"]: r for r in rows}
+    columns = min(len(panels), 2)
+    lines = (len(panels) + columns - 1) // columns
+    fig, axes = plt.subplots(lines, columns, figsize=(8 * columns, 5 * lines), squeeze=False,
+                             sharey=True)
+    for ax, (panel, names) in zip(axes.flat, panels.items(), strict=False):
+        for r in (by_name[n] for n in names if n in by_name):
+            curve = [(i + 1, a) for i, a in enumerate(r["curve"]) if a is not None]
+            ax.plot([c[0] for c in curve], [100 * c[1] for c in curve], marker=".",
+                    label=r["run"])
+        ax.set_xlabel("round")
+        ax.set_ylabel("cloud test accuracy (%)")
+        ax.set_title(panel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if len(panels) > 1:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -191,7 +205,7 @@ def report(suite: Suite) -> list[dict[str, Any]]:
     (RESULTS / f"{suite.name}_cpu.md").write_text(text + "\n")
     (RESULTS / f"{suite.name}_cpu.json").write_text(json.dumps(rows, indent=1) + "\n")
     if rows:
-        plot(rows, RESULTS / f"{suite.name}_cpu.png", suite.title)
+        plot(rows, RESULTS / f"{suite.name}_cpu.png", suite.title, suite.panels)
     return rows
 
 

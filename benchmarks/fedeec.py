@@ -53,9 +53,20 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "fedeec-clip-seed1": ("fedeec", [*CLIP, "seed=1"]),
     "fedeec-clip-mobility-seed1": ("fedeec", [*CLIP, "topology.mobility=0.2", "seed=1"]),
 }
-FEDEEC = Suite("fedeec", RUNS, "CIFAR-10, cpu profile; dynamic: moves 0.2, dropout 0.2, "
-               "edge 1 down r8-12",
-               shared={"fedagg": "fedagg", "hierfavg": "fedagg", "fedagg-beta1": "fedagg"})
+PANELS = {
+    "static (beta 10)": ["fedeec", "fedeec-skr-both", "fedagg", "hierfavg", "fedeec-clip",
+                         "fedagg-clip"],
+    "dynamic: moves 0.2, dropout 0.2, edge 1 down r8-12": [
+        "fedeec-dynamic", "fedagg-dynamic", "hierfavg-dynamic", "fedeec-clip-dynamic",
+        "fedeec-beta1-dynamic"],
+    "mobility 0.2 alone, against static": [
+        "fedeec", "fedeec-mobility", "fedeec-clip", "fedeec-clip-mobility", "fedeec-seed1",
+        "fedeec-mobility-seed1", "fedeec-clip-seed1", "fedeec-clip-mobility-seed1"],
+    "beta 1": ["fedagg-beta1", "fedeec-beta1", "fedeec-beta1-dynamic"],
+}
+FEDEEC = Suite("fedeec", RUNS, "FedEEC, CIFAR-10, cpu profile",
+               shared={"fedagg": "fedagg", "hierfavg": "fedagg", "fedagg-beta1": "fedagg"},
+               panels=PANELS)
 
 if __name__ == "__main__":
     main(FEDEEC, __doc__)
