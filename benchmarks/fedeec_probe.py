@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,8 +35,8 @@ from flower_eec.learning import Images, evaluate
 from flower_eec.local_grid import LocalGrid
 from flower_eec.strategies.fedagg import BridgeEdge
 
-DYNAMIC = ["topology.mobility=0.2", "topology.device_dropout=0.2",
-           "topology.edge_outages=[[1,8,12]]"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fedeec import DYNAMIC  # noqa: E402  (the dynamic setting of benchmarks/fedeec.py)
 
 
 def gradient_norm(optimiser: torch.optim.Optimizer) -> float:
