@@ -7,6 +7,9 @@ is down for rounds 8 to 12 (its devices sit out). SKR ablation: ``off`` is FedAg
 (tests/test_fedeec.py checks it to the bit), so the ``fedagg`` run serves as FedEEC with SKR off;
 ``fedeec`` is SKR upward (the default) and ``fedeec-skr-both`` both directions. The ``-beta1``
 runs repeat FedAgg, FedEEC and FedEEC dynamic at ``fedagg.beta=1``, where FedAgg's curve is smooth.
+To tell where the dynamic runs lose accuracy: ``-mobility`` runs move devices and nothing else,
+``-clip`` runs cap every distillation step's gradient norm (``fedagg.clip=20``), ``-seed1`` runs
+repeat a setting with ``seed=1``. ``benchmarks/fedeec_probe.py`` looks inside one run.
 
 The static ``fedagg`` and ``hierfavg`` runs are those of ``benchmarks/fedagg.py`` (the same
 configs), read from ``benchmarks/results/fedagg/``. Results: ``benchmarks/results/fedeec/<run>``,

@@ -228,7 +228,8 @@ class FedAgg(Hierarchical):
     lr, momentum, weight_decay, batch_size :
         SGD of every server-side pass (paper: 1e-3, 0.9, 0, 8); a fresh optimiser per pass.
     clip : float (default: 0.0)
-        Largest gradient norm of a server-side step; 0: unclipped (the papers).
+        Largest gradient norm of a server-side step; 0: unclipped (the papers). Devices read
+        their own config's ``fedagg.clip``.
     schedule : str (default: "parallel")
         ``parallel``: all devices at once, then all edges learn from the cloud, then the cloud
         from each edge. ``sequential``: the official demo's depth-first order, one device at a
