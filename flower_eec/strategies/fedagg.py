@@ -268,7 +268,7 @@ class FedAgg(Hierarchical):
                  logits_batch: int = 500, seed: int = 0,
                  torch_device: torch.device | None = None, **kwargs: Any) -> None:
         if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be 'parallel' or 'sequential', got {schedule!r}")
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if skr not in SKR_MODES:
             raise ValueError(f"skr must be one of {SKR_MODES}, got {skr!r}")
         self.schedule = schedule
