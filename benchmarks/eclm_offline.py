@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eclm import offline_model  # noqa: E402  (benchmarks/eclm.py)
 
-from flower_eec.config import parse_overrides, resolve  # noqa: E402
-from flower_eec.data.federated import federated_data  # noqa: E402
-from flower_eec.learning import evaluate  # noqa: E402
+from flower_eec.core.learning import evaluate  # noqa: E402
+from flower_eec.run.config import parse_overrides, resolve  # noqa: E402
+from flower_eec.run.federated import federated_data  # noqa: E402
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def run(suite: Suite, name: str, data_root: str, rounds: int | None) -> None:
     method, overrides = suite.runs[name]
     out = suite.folder(name)
     extra = [f"train.rounds={rounds}"] if rounds else []
-    command = [sys.executable, "-m", "flower_eec.cli", "run", f"examples/{method}.yaml",
+    command = [sys.executable, "-m", "flower_eec.run.cli", "run", f"examples/{method}.yaml",
                "profile=cpu", f"data.root={data_root}", *overrides, *extra, "--out", str(out)]
     print("$", " ".join(command[1:]), flush=True)
     started = time.perf_counter()

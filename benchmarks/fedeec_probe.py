@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from flower_eec import experiment
 from flower_eec.app.client_app import app
-from flower_eec.config import parse_overrides, resolve, to_json
-from flower_eec.data.federated import federated_data
-from flower_eec.learning import Images, evaluate
-from flower_eec.local_grid import LocalGrid
+from flower_eec.core.learning import Images, evaluate
+from flower_eec.grid.local import LocalGrid
+from flower_eec.run import experiment
+from flower_eec.run.config import parse_overrides, resolve, to_json
+from flower_eec.run.federated import federated_data
 from flower_eec.strategies.fedagg import BridgeEdge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -63,7 +63,7 @@ def run_one(run: str, items: list[str], out: Path, engine: str, timeout: float) 
     """One run in a fresh process; its results.json."""
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     if engine == "simulation":
-        command = [sys.executable, "-m", "flower_eec.cli", "run", RUNS[run][0], *items,
+        command = [sys.executable, "-m", "flower_eec.run.cli", "run", RUNS[run][0], *items,
                    "--out", str(out)]
     else:
         command = [sys.executable, __file__, "_local", RUNS[run][0], str(out), *items]
@@ -77,10 +77,10 @@ def run_one(run: str, items: list[str], out: Path, engine: str, timeout: float) 
 def _local(argv: Sequence[str]) -> None:
     """Child: run a config on the in-process LocalGrid."""
     sys.path.insert(0, str(ROOT))
-    from flower_eec import experiment
     from flower_eec.app.client_app import app
-    from flower_eec.config import parse_overrides, resolve, to_json
-    from flower_eec.local_grid import LocalGrid
+    from flower_eec.grid.local import LocalGrid
+    from flower_eec.run import experiment
+    from flower_eec.run.config import parse_overrides, resolve, to_json
 
     file, out, *items = argv
     config = resolve(file, {**parse_overrides(list(items)), "out": out})

@@ -27,7 +27,7 @@ Two parts, each printing markdown tables and writing them, with the raw numbers 
     measurement below 1,000 devices runs ``--repeat`` times (default 2) and the fastest counts,
     because the machine may be shared and interference only ever adds time.
 
-Flower runs go through ``flower_eec.simulation.run_simulation`` (Flower's Simulation Engine, Ray).
+Flower runs go through ``flower_eec.run.simulation.run_simulation`` (Flower's Simulation Engine, Ray).
 
 Every measured run happens in a fresh Python process (this script re-invoked with a private
 sub-command), so caches, Ray state and imports never leak from one measurement into the next.
@@ -106,7 +106,7 @@ def overhead_overrides(num_devices: int, rounds: int, data_root: str,
 
 def _child_flower(config_json: str, engine: str) -> dict[str, Any]:
     """Run one config on Flower (Ray simulation or LocalGrid); return timings and results.json."""
-    from flower_eec.config import from_json, to_json
+    from flower_eec.run.config import from_json, to_json
 
     config = from_json(config_json)
     with tempfile.TemporaryDirectory(prefix="flower-eec-bench-") as out:
@@ -116,9 +116,9 @@ def _child_flower(config_json: str, engine: str) -> dict[str, Any]:
         if engine == "simulation":
             run_on_ray(config)
         else:
-            from flower_eec import experiment
             from flower_eec.app.client_app import app as client_app
-            from flower_eec.local_grid import LocalGrid
+            from flower_eec.grid.local import LocalGrid
+            from flower_eec.run import experiment
 
             grid = LocalGrid(client_app, config.topology.num_devices,
                              {"config-json": to_json(config)})
@@ -141,8 +141,8 @@ def _own_cpu_s() -> float:
 
 
 def run_on_ray(config: Any) -> None:
-    """``flower_eec.simulation.run_simulation(config)``: Flower's Simulation Engine (Ray)."""
-    from flower_eec.simulation import run_simulation
+    """``flower_eec.run.simulation.run_simulation(config)``: Flower's Simulation Engine (Ray)."""
+    from flower_eec.run.simulation import run_simulation
 
     run_simulation(config)
 
@@ -170,9 +170,9 @@ def _child_plain(config_json: str, threads: int) -> dict[str, Any]:
     import torch
 
     from flower_eec.clients.device import build_device_model
-    from flower_eec.config import from_json
-    from flower_eec.data.federated import federated_data
-    from flower_eec.learning import evaluate, train_epochs
+    from flower_eec.core.learning import evaluate, train_epochs
+    from flower_eec.run.config import from_json
+    from flower_eec.run.federated import federated_data
 
     torch.set_num_threads(threads)
     config = from_json(config_json)
@@ -224,9 +224,9 @@ def _child_central(config_json: str, threads: int) -> dict[str, Any]:
     import torch
 
     from flower_eec.clients.device import build_device_model
-    from flower_eec.config import from_json
-    from flower_eec.data.federated import federated_data
-    from flower_eec.learning import Images, evaluate, train_epochs
+    from flower_eec.core.learning import Images, evaluate, train_epochs
+    from flower_eec.run.config import from_json
+    from flower_eec.run.federated import federated_data
 
     torch.set_num_threads(threads)
     config = from_json(config_json)
@@ -457,7 +457,7 @@ def write_outputs(part: str, markdown: str, raw: dict[str, Any], folder: Path) -
 
 def part_accuracy(args: argparse.Namespace, workdir: Path) -> None:
     """FedAvg and HierFAVG on the cpu profile next to central training on the devices' union."""
-    from flower_eec.config import resolve, to_dict, to_json
+    from flower_eec.run.config import resolve, to_dict, to_json
 
     configs = {m: resolve(None, accuracy_overrides(m, args.data_root, args.rounds,
                                                    args.full_eval)) for m in METHODS}
@@ -493,7 +493,7 @@ def part_accuracy(args: argparse.Namespace, workdir: Path) -> None:
     rows.append(["**final**", *(f"**{pct(finals[c])}**" for c in columns)])
     rows.append(["best", *(pct(bests[c]) for c in columns)])
     rows.append(["wall time (s)", *(secs(walls[c]) for c in columns)])
-    engine = ("Flower Simulation Engine (Ray, `flower_eec.simulation.run_simulation`)"
+    engine = ("Flower Simulation Engine (Ray, `flower_eec.run.simulation.run_simulation`)"
               if args.engine == "simulation" else "in-process LocalGrid (no Ray)")
     d, tp, tr = base.data, base.topology, base.train
     call = "`run_simulation` call" if args.engine == "simulation" else "`experiment.run` call"
@@ -558,7 +558,7 @@ def _mean_later(rounds: list[dict[str, Any]]) -> float | None:
 
 def _overhead_row(num_devices: int, rounds: int, args: argparse.Namespace,
                   workdir: Path) -> dict[str, Any]:
-    from flower_eec.config import resolve, to_json
+    from flower_eec.run.config import resolve, to_json
 
     config = resolve(None, overhead_overrides(num_devices, rounds, args.data_root,
                                               args.subset))
@@ -679,7 +679,7 @@ def part_overhead(args: argparse.Namespace, workdir: Path) -> None:
         f"local_epochs 1, batch {base.get('train', {}).get('batch_size', '-')}, lr "
         f"{base.get('train', {}).get('lr', '-')}, no device-side evaluation "
         "(`eval.devices=false`), one central evaluation on the full CIFAR-10 test set after the "
-        "last round in both. Flower: `flower_eec.simulation.run_simulation` "
+        "last round in both. Flower: `flower_eec.run.simulation.run_simulation` "
         f"on Ray: {cpus} CPUs, 1 CPU and 1 torch thread per ClientApp actor, "
         f"so {cpus} actors train in parallel. Plain: one process, a loop over devices, run with "
         f"{' and '.join(str(t) for t in threads)} torch thread(s); the faster counts. Each "

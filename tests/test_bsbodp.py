@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from flower_eec.bridge_store import BridgeStore, decode
-from flower_eec.bsbodp import Distillation, distil_pass, logits_on
-from flower_eec.losses import leaf_loss, nonleaf_loss
+from flower_eec.core.bsbodp import Distillation, distil_pass, logits_on
+from flower_eec.core.losses import leaf_loss, nonleaf_loss
 from flower_eec.models.bridge import BridgeAutoencoder, load_bridge
-from flower_eec.payloads import EmbeddingPayload
+from flower_eec.protocol.payloads import EmbeddingPayload
+from flower_eec.strategies.bridge_store import BridgeStore, decode
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from flower_eec.config import (
+from flower_eec.errors import ConfigError
+from flower_eec.run.config import (
     Config,
     flat_keys,
     from_json,
@@ -17,7 +18,6 @@ from flower_eec.config import (
     to_dict,
     to_json,
 )
-from flower_eec.errors import ConfigError
 
 FILE = """\
 method: fedavg

@@ -93,7 +93,7 @@ def test_flwr_run_fedeec_with_moving_devices(tmp_path: Path) -> None:
 def test_cli_run_fedavg_on_ray(tmp_path: Path) -> None:
     """`flower-eec run` on the Simulation Engine (Ray): every device gets the run's config."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "flower_eec.cli", "run", "examples/fedavg.yaml",
+    command = [sys.executable, "-m", "flower_eec.run.cli", "run", "examples/fedavg.yaml",
                "profile=smoke", "topology.num_devices=6", "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, env=_flower_env(tmp_path / "home"),
                           capture_output=True, text=True, timeout=600)
@@ -109,7 +109,7 @@ def test_cli_run_fedavg_on_ray(tmp_path: Path) -> None:
 
 def test_cli_rejects_unknown_key(tmp_path: Path) -> None:
     """A wrong key fails at start with a message naming it, before any engine starts."""
-    command = [sys.executable, "-m", "flower_eec.cli", "run", "examples/hierfavg.yaml",
+    command = [sys.executable, "-m", "flower_eec.run.cli", "run", "examples/hierfavg.yaml",
                "train.learning_rate=0.1"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flower_eec.eclm_math import (
+from flower_eec.core.eclm_math import (
     SHARED,
     derive_submodel,
     device_budget,

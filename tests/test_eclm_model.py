@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from flower_eec.config import resolve
-from flower_eec.data.federated import federated_data
-from flower_eec.data.shift import shifted
-from flower_eec.eclm_training import module_use, use_statistics
+from flower_eec.core.eclm_training import module_use, use_statistics
+from flower_eec.core.learning import Images
 from flower_eec.errors import ConfigError
-from flower_eec.learning import Images
 from flower_eec.models import build_model, count_parameters
 from flower_eec.models.modular import (
     ModularNet,
@@ -20,6 +17,9 @@ from flower_eec.models.modular import (
     module_key,
     module_sizes,
 )
+from flower_eec.run.config import resolve
+from flower_eec.run.federated import federated_data
+from flower_eec.run.shift import shifted
 
 
 def small(**options: object) -> ModularNet:

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message
 
-from flower_eec import experiment
 from flower_eec.app.client_app import app
 from flower_eec.clients.device import build_device_model
 from flower_eec.clients.eclm import USAGE
-from flower_eec.config import Config, resolve, to_json
-from flower_eec.data.federated import federated_data
 from flower_eec.errors import ConfigError
-from flower_eec.local_grid import LocalGrid
+from flower_eec.grid.local import LocalGrid
 from flower_eec.models.modular import ModularNet, module_sizes
+from flower_eec.run import experiment
+from flower_eec.run.config import Config, resolve, to_json
+from flower_eec.run.federated import federated_data
 from flower_eec.strategies.eclm import ECLM, EclmRoundReport
 from flower_eec.topology import Topology
 

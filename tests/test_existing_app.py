@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, RecordDict
 
-from flower_eec.local_grid import LocalGrid
+from flower_eec.grid.local import LocalGrid
 
 APP_DIR = Path(__file__).resolve().parents[1] / "examples" / "existing_app"
 

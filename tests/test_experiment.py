@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from flwr.app import ArrayRecord
 
-from flower_eec import experiment
 from flower_eec.app.client_app import app
 from flower_eec.clients.device import build_device_model
-from flower_eec.config import Config, resolve, to_dict, to_json
-from flower_eec.data.federated import federated_data
 from flower_eec.errors import ConfigError
-from flower_eec.local_grid import LocalGrid
-from flower_eec.results import LINKS
+from flower_eec.grid.local import LocalGrid
+from flower_eec.run import experiment
+from flower_eec.run.config import Config, resolve, to_dict, to_json
+from flower_eec.run.federated import federated_data
+from flower_eec.run.results import LINKS
 
 ROUND_FIELDS = {"round", "wall_s", "cloud", "edges", "devices", "comm_bytes"}
 

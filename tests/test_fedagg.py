@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
 
-from flower_eec import experiment
 from flower_eec.app import client_app
 from flower_eec.app.client_app import app
 from flower_eec.clients import fedagg as device_side
-from flower_eec.config import Config, resolve, to_json
 from flower_eec.errors import ConfigError
-from flower_eec.local_grid import LocalGrid
+from flower_eec.grid.local import LocalGrid
+from flower_eec.run import experiment
+from flower_eec.run.config import Config, resolve, to_json
 from flower_eec.strategies import fedagg as server_side
 from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.topology import Topology
@@ -180,7 +180,7 @@ def test_a_device_declaring_fewer_codes_than_it_described_is_refused(tmp_path: P
 def build(config: Config, on_round: Any) -> server_side.FedAgg:
     """The strategy of ``experiment.run_fedagg``, without the recorder."""
     from flower_eec.clients.device import build_device_model
-    from flower_eec.data.federated import federated_data
+    from flower_eec.run.federated import federated_data
 
     initial = ArrayRecord(build_device_model(config, federated_data(config),
                                              config.model.cloud).state_dict())

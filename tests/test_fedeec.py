@@ -11,17 +11,17 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from torch import nn
 
-from flower_eec import experiment
 from flower_eec.app.client_app import app
-from flower_eec.bsbodp import Distillation, distil_pass
 from flower_eec.clients import device as device_module
 from flower_eec.clients import fedagg as device_side
 from flower_eec.clients.device import build_device_model
-from flower_eec.config import Config, resolve, to_json
-from flower_eec.data.federated import federated_data
+from flower_eec.core.bsbodp import Distillation, distil_pass
+from flower_eec.core.losses import SKR
 from flower_eec.errors import ConfigError
-from flower_eec.local_grid import LocalGrid
-from flower_eec.losses import SKR
+from flower_eec.grid.local import LocalGrid
+from flower_eec.run import experiment
+from flower_eec.run.config import Config, resolve, to_json
+from flower_eec.run.federated import federated_data
 from flower_eec.strategies import FedEEC
 from flower_eec.strategies import fedagg as server_side
 from flower_eec.strategies.hierarchical import RoundReport

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord
 
 from flower_eec.errors import PayloadError
-from flower_eec.payloads import (
+from flower_eec.protocol.payloads import (
     FEATURES_IN,
     FEATURES_OUT,
     FeaturePayload,

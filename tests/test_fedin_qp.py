@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from flower_eec.fedin_qp import conflict_direction, dual_multipliers
+from flower_eec.core.fedin_qp import conflict_direction, dual_multipliers
 
 
 def solve(g_loc: list[float], g_in: list[float], mu: float = 1.0):

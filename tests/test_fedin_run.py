@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from flwr.app import Array, Context, Message
 
-from flower_eec import experiment
 from flower_eec.app.client_app import app
 from flower_eec.clients.fedin import FEATURES, feature_spec
-from flower_eec.config import Config, resolve, to_json
-from flower_eec.data.federated import federated_data
 from flower_eec.errors import ConfigError
-from flower_eec.local_grid import LocalGrid
+from flower_eec.grid.local import LocalGrid
+from flower_eec.run import experiment
+from flower_eec.run.config import Config, resolve, to_json
+from flower_eec.run.federated import federated_data
 
 DEPTHS = ["resnet10", "resnet18", "resnet26"]
 

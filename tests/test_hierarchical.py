@@ -26,7 +26,7 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 from flower_eec.errors import ConfigError
-from flower_eec.local_grid import LocalGrid
+from flower_eec.grid.local import LocalGrid
 from flower_eec.strategies.hierarchical import CLOUD_DIRECT, Hierarchical, RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
 from flower_eec.topology import Topology

@@ -76,8 +76,8 @@ def test_non_integer_labels_are_refused() -> None:
 
 
 def test_no_device_receives_a_held_out_image() -> None:
-    from flower_eec.config import resolve
-    from flower_eec.data.federated import federated_data
+    from flower_eec.run.config import resolve
+    from flower_eec.run.federated import federated_data
 
     config = resolve(None, {"data": {"holdout": 0.2, "subset": 0.5}, "topology": {
         "num_devices": 5, "num_edges": 1}})

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from flower_eec.losses import SKR, kd_loss, kd_to_target, leaf_loss, nonleaf_loss, skr_target
+from flower_eec.core.losses import SKR, kd_loss, kd_to_target, leaf_loss, nonleaf_loss, skr_target
 
 # p_t = [0.75, 0.25] (teacher logits [ln 3, 0]) against p_s = [0.5, 0.5] (student logits [0, 0]):
 # KL(p_t || p_s) = 0.75 * ln(0.75 / 0.5) + 0.25 * ln(0.25 / 0.5)

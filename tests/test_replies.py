@@ -14,7 +14,7 @@ from flwr.app import (
     RecordDict,
 )
 
-from flower_eec.strategies.replies import common_metrics, metric_problem, train_reply_problem
+from flower_eec.protocol.replies import common_metrics, metric_problem, train_reply_problem
 
 
 def model() -> ArrayRecord:

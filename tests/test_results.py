@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from flower_eec.config import Config, resolve, to_dict
-from flower_eec.results import LINKS, Recorder, write_metrics_csv
+from flower_eec.run.config import Config, resolve, to_dict
+from flower_eec.run.results import LINKS, Recorder, write_metrics_csv
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -14,8 +14,8 @@ from flwr.app import (
     RecordDict,
 )
 
-from flower_eec.local_grid import LocalGrid
-from flower_eec.traffic import MeteredGrid, Traffic, message_bytes, record_bytes
+from flower_eec.grid.local import LocalGrid
+from flower_eec.grid.metered import MeteredGrid, Traffic, message_bytes, record_bytes
 
 
 def device(message: Message, context: Context) -> Message:

@@ -3,8 +3,8 @@
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from flower_eec import experiment
-from flower_eec.config import from_run_config
+from flower_eec.run import experiment
+from flower_eec.run.config import from_run_config
 
 app = ServerApp()
 

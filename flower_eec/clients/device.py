@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from flower_eec.config import Config, demo_fidelity, from_run_config
-from flower_eec.data.federated import FederatedData, federated_data
+from flower_eec.core.learning import evaluate, train_epochs
 from flower_eec.errors import ConfigError
-from flower_eec.learning import evaluate, train_epochs
 from flower_eec.models import build_model
+from flower_eec.run.config import Config, demo_fidelity, from_run_config
+from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.topology import device_models
 
 MODEL_STATE = "model"  # context.state key of the model a device keeps between rounds

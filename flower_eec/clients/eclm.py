@@ -14,15 +14,15 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from flower_eec.clients.device import build_device_model, device_setup, round_generator
-from flower_eec.config import Config
-from flower_eec.data.federated import FederatedData
-from flower_eec.data.shift import shifted
-from flower_eec.eclm_math import device_budget, shift_epoch
-from flower_eec.eclm_training import module_use, train_modular
+from flower_eec.core.eclm_math import device_budget, shift_epoch
+from flower_eec.core.eclm_training import module_use, train_modular
+from flower_eec.core.learning import evaluate
 from flower_eec.errors import PayloadError
-from flower_eec.learning import evaluate
 from flower_eec.models import count_parameters
 from flower_eec.models.modular import SELECTOR_PREFIX, ModularNet
+from flower_eec.run.config import Config
+from flower_eec.run.federated import FederatedData
+from flower_eec.run.shift import shifted
 
 ROUTE = "query.route"  # server -> device: stem + selector; reply: module-use histogram, budget
 SUBMODEL = "eclm"  # ConfigRecord of a train message naming the sub-model's modules per layer

@@ -14,14 +14,11 @@ from typing import Any
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from flower_eec.bridge_store import decode
-from flower_eec.bsbodp import Distillation, distil_pass, logits_on
 from flower_eec.clients.device import device_setup, keep_model, own_model, round_generator
-from flower_eec.config import Config, rectification, skr_mode
+from flower_eec.core.bsbodp import Distillation, distil_pass, logits_on
 from flower_eec.data.augment import augment, normalise
-from flower_eec.data.federated import FederatedData
 from flower_eec.models.bridge import BridgeAutoencoder, load_bridge
-from flower_eec.payloads import (
+from flower_eec.protocol.payloads import (
     EMBEDDINGS_RECORD,
     LOGITS_RECORD,
     TEACHER_RECORD,
@@ -31,6 +28,9 @@ from flower_eec.payloads import (
     logits_limit,
     to_record,
 )
+from flower_eec.run.config import Config, rectification, skr_mode
+from flower_eec.run.federated import FederatedData
+from flower_eec.strategies.bridge_store import decode
 
 
 @lru_cache(maxsize=2)

@@ -17,20 +17,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from torch.nn import functional as F
 
 from flower_eec.clients.device import device_setup, round_generator
-from flower_eec.config import Config
+from flower_eec.core.fedin_qp import conflict_direction
+from flower_eec.core.learning import Images, evaluate, minibatches, train_epochs
 from flower_eec.data.augment import normalise
-from flower_eec.data.federated import FederatedData
 from flower_eec.errors import ConfigError
-from flower_eec.fedin_qp import conflict_direction
-from flower_eec.learning import Images, evaluate, minibatches, train_epochs
 from flower_eec.models.fedin import assign_depths, build_fedin_model, feature_shapes
 from flower_eec.models.resnet import ResNet
-from flower_eec.payloads import (
+from flower_eec.protocol.payloads import (
     FeaturePayload,
     feature_bytes_per_sample,
     features_from_record,
     features_to_record,
 )
+from flower_eec.run.config import Config
+from flower_eec.run.federated import FederatedData
 
 ARRAYS, FEATURES, METRICS = "arrays", "features", "metrics"
 # Flower adds about 130 bytes of header per array; two arrays per feature batch.

@@ -1,7 +1,7 @@
 """Server side: the tiers. ``Hierarchical`` nests any Flower strategy per edge."""
 
+from flower_eec.grid.edge import EdgeGrid
 from flower_eec.strategies.aggregation import weighted_average
-from flower_eec.strategies.edge_grid import EdgeGrid
 from flower_eec.strategies.fedagg import BridgeEdge, FedAgg
 from flower_eec.strategies.fedeec import FedEEC
 from flower_eec.strategies.hierarchical import Hierarchical, RoundReport

@@ -20,19 +20,19 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from flower_eec.clients.eclm import ROUTE, SUBMODEL, USAGE, layer_key
-from flower_eec.eclm_math import (
+from flower_eec.core.eclm_math import (
     SHARED,
     Block,
     derive_submodel,
     module_wise_average,
     submodel_params,
 )
+from flower_eec.grid.discovery import place_devices
+from flower_eec.grid.metered import message_bytes
 from flower_eec.models.modular import SELECTOR_PREFIX, block_of
-from flower_eec.strategies.discovery import place_devices
+from flower_eec.protocol.replies import metric_problem, train_reply_problem
 from flower_eec.strategies.hierarchical import RoundReport, mean_records, scalars
-from flower_eec.strategies.replies import metric_problem, train_reply_problem
 from flower_eec.topology import Topology
-from flower_eec.traffic import message_bytes
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 TRAIN = "train"

@@ -23,13 +23,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from flower_eec.bridge_store import BridgeStore
-from flower_eec.bsbodp import Distillation, distil_pass, logits_on
-from flower_eec.config import SCHEDULES, SKR_MODES
+from flower_eec.core.bsbodp import Distillation, distil_pass, logits_on
+from flower_eec.core.losses import SKR
 from flower_eec.errors import PayloadError
-from flower_eec.losses import SKR
+from flower_eec.grid.edge import EdgeGrid
 from flower_eec.models.bridge import BridgeAutoencoder
-from flower_eec.payloads import (
+from flower_eec.protocol.payloads import (
     EMBEDDINGS_RECORD,
     LOGITS_RECORD,
     TEACHER_RECORD,
@@ -41,7 +40,9 @@ from flower_eec.payloads import (
     payload_bytes,
     to_record,
 )
-from flower_eec.strategies.edge_grid import EdgeGrid
+from flower_eec.protocol.replies import metric_problem
+from flower_eec.run.config import SCHEDULES, SKR_MODES
+from flower_eec.strategies.bridge_store import BridgeStore
 from flower_eec.strategies.hierarchical import (
     CLOUD_DIRECT,
     Hierarchical,
@@ -49,7 +50,6 @@ from flower_eec.strategies.hierarchical import (
     mean_metrics,
     mean_records,
 )
-from flower_eec.strategies.replies import metric_problem
 from flower_eec.topology import RoundTopology, Topology
 
 EMBED = "query.embed"

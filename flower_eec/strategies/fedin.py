@@ -27,9 +27,9 @@ from flwr.serverapp.strategy import Strategy
 
 from flower_eec.clients.fedin import ARRAYS, FEATURES, FeatureSpec
 from flower_eec.errors import PayloadError
+from flower_eec.protocol.replies import metric_problem
 from flower_eec.strategies.hierarchical import CLOUD_DIRECT, Hierarchical, RoundReport, mean_metrics
 from flower_eec.strategies.layerwise import key_weights, layerwise_average
-from flower_eec.strategies.replies import metric_problem
 from flower_eec.topology import Topology
 
 TensorSpec = Mapping[str, tuple[tuple[int, ...], str]]

@@ -18,12 +18,12 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from flower_eec.grid.discovery import place_devices
+from flower_eec.grid.edge import EdgeGrid
+from flower_eec.grid.metered import message_bytes
+from flower_eec.protocol.replies import common_metrics, metric_problem, train_reply_problem
 from flower_eec.strategies.aggregation import match_dtypes, weighted_average
-from flower_eec.strategies.discovery import place_devices
-from flower_eec.strategies.edge_grid import EdgeGrid
-from flower_eec.strategies.replies import common_metrics, metric_problem, train_reply_problem
 from flower_eec.topology import RoundTopology, Topology
-from flower_eec.traffic import message_bytes
 
 CLOUD_DIRECT = -1  # the group of devices attached to the cloud while their edge is offline
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from flower_eec.models.bridge import BridgeAutoencoder, bridge_samples
-from flower_eec.payloads import EmbeddingPayload
+from flower_eec.protocol.payloads import EmbeddingPayload
 
 
 class BridgeStore:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flower_eec.losses import SKR, leaf_loss, nonleaf_loss
+from flower_eec.core.losses import SKR, leaf_loss, nonleaf_loss
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from flower_eec.config import parse_overrides, resolve, to_dict
 from flower_eec.errors import FlowerEECError
-from flower_eec.experiment import results_dir
+from flower_eec.run.config import parse_overrides, resolve, to_dict
+from flower_eec.run.experiment import results_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(to_dict(config), sort_keys=False))
             return 0
         config.out = str(Path(results_dir(config)).resolve())
-        from flower_eec.simulation import run_simulation
+        from flower_eec.run.simulation import run_simulation
 
         run_simulation(config, verbose=args.verbose)
     except FlowerEECError as exc:

@@ -16,7 +16,7 @@ from flwr.supercore.telemetry import EventType
 
 from flower_eec.app.client_app import app as client_app
 from flower_eec.app.server_app import app as server_app
-from flower_eec.config import Config, to_json
+from flower_eec.run.config import Config, to_json
 
 
 def _app_dir(path: Path, run_config: dict[str, str]) -> None:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from flower_eec.core.eclm_math import load_balancing_loss, routing_mass
+from flower_eec.core.learning import Images, minibatches
 from flower_eec.data.augment import normalise
-from flower_eec.eclm_math import load_balancing_loss, routing_mass
-from flower_eec.learning import Images, minibatches
 from flower_eec.models.modular import ModularNet
 
 

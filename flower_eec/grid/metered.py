@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from flower_eec.forwarding_grid import ForwardingGrid
+from flower_eec.grid.forwarding import ForwardingGrid
 
 
 def record_bytes(content: RecordDict) -> int:

@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from flower_eec.config import Config
+from flower_eec.core.learning import Images
 from flower_eec.data import load_dataset
 from flower_eec.data.dataset import Dataset
 from flower_eec.data.partition import (
@@ -20,7 +20,7 @@ from flower_eec.data.partition import (
     partition,
     stratified_subset,
 )
-from flower_eec.learning import Images
+from flower_eec.run.config import Config
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from flwr.common.logger import log
 
-from flower_eec.config import Config, to_dict
+from flower_eec.run.config import Config, to_dict
 
 LINKS = ("device_to_edge", "edge_to_device", "edge_to_cloud", "cloud_to_edge",
          "device_to_cloud", "cloud_to_device")

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from flower_eec.forwarding_grid import ForwardingGrid
+from flower_eec.grid.forwarding import ForwardingGrid
 
 
 class EdgeGrid(ForwardingGrid):

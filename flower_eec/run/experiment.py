@@ -19,7 +19,15 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flower_eec.clients.device import build_device_model
 from flower_eec.clients.fedagg import bridge_of
 from flower_eec.clients.fedin import device_depth, feature_spec, fedin_model
-from flower_eec.config import (
+from flower_eec.core.eclm_training import offline_stage
+from flower_eec.core.learning import evaluate, torch_device
+from flower_eec.errors import ConfigError
+from flower_eec.grid.discovery import place_devices, wait_for_nodes
+from flower_eec.grid.metered import MeteredGrid, Traffic
+from flower_eec.models import count_parameters
+from flower_eec.models.fedin import deepest
+from flower_eec.models.modular import ModularNet, module_sizes
+from flower_eec.run.config import (
     BRIDGE_METHODS,
     Config,
     demo_fidelity,
@@ -27,15 +35,8 @@ from flower_eec.config import (
     rectification,
     skr_mode,
 )
-from flower_eec.data.federated import FederatedData, federated_data
-from flower_eec.eclm_training import offline_stage
-from flower_eec.errors import ConfigError
-from flower_eec.learning import evaluate, torch_device
-from flower_eec.models import count_parameters
-from flower_eec.models.fedin import deepest
-from flower_eec.models.modular import ModularNet, module_sizes
-from flower_eec.results import Recorder
-from flower_eec.strategies.discovery import place_devices, wait_for_nodes
+from flower_eec.run.federated import FederatedData, federated_data
+from flower_eec.run.results import Recorder
 from flower_eec.strategies.eclm import ECLM, EclmRoundReport
 from flower_eec.strategies.fedagg import FedAgg
 from flower_eec.strategies.fedeec import FedEEC
@@ -43,7 +44,6 @@ from flower_eec.strategies.fedin import FedIN, HierFedIN, sub_record, tensor_spe
 from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
 from flower_eec.topology import Topology
-from flower_eec.traffic import MeteredGrid, Traffic
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from flower_eec.errors import ConfigError
 
 if TYPE_CHECKING:
-    from flower_eec.losses import SKR
+    from flower_eec.core.losses import SKR
 
 METHODS = ("fedavg", "hierfavg", "fedagg", "fedeec", "eclm", "fedin", "heteroavg")
 BRIDGE_METHODS = ("fedagg", "fedeec")  # BSBODP on bridge samples: the ``fedagg`` section
@@ -30,7 +30,7 @@ ASSIGNMENTS = ("contiguous", "round_robin", "random")
 ORPHANS = ("skip", "cloud")
 SCHEDULES = ("parallel", "sequential")
 SKR_MODES = ("off", "upward", "both")
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
 
 @dataclass
@@ -501,7 +501,7 @@ def skr_mode(config: Config) -> str:
 
 def rectification(config: Config) -> SKR:
     """The parts of FedEEC's SKR that ``fedeec`` turns on."""
-    from flower_eec.losses import SKR
+    from flower_eec.core.losses import SKR
 
     return SKR(self_knowledge=config.fedeec.self_knowledge, swap=config.fedeec.swap)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from flower_eec.data.federated import FederatedData
 from flower_eec.data.partition import dirichlet, local_test_split
+from flower_eec.run.federated import FederatedData
 
 _SHIFT_STREAM = 104_729
 _cache: dict[tuple[int, int, float, int, int, int], tuple[FederatedData, FederatedData]] = {}

@@ -1,0 +1,1 @@
+"""What server and devices agree on: message and record names, typed payloads, reply checks."""

@@ -1,0 +1,1 @@
+"""Running the project's own experiments: config, method registry, experiment, results, CLI."""
