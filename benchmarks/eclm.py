@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from flwr.common.logger import FLOWER_LOGGER  # noqa: E402
 
 from flower_eec.app.client_app import app  # noqa: E402
-from flower_eec.clients.device import build_device_model  # noqa: E402
+from flower_eec.run.devices import build_device_model  # noqa: E402
 from flower_eec.clients.eclm import budget_of, current_data  # noqa: E402
 from flower_eec.core.eclm_math import derive_submodel, submodel_params  # noqa: E402
 from flower_eec.core.eclm_training import offline_stage, train_modular  # noqa: E402

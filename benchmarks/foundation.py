@@ -169,7 +169,7 @@ def _child_plain(config_json: str, threads: int) -> dict[str, Any]:
     """FedAvg as a plain PyTorch loop in this process (no Flower, no Ray)."""
     import torch
 
-    from flower_eec.clients.device import build_device_model
+    from flower_eec.run.devices import build_device_model
     from flower_eec.core.learning import evaluate, train_epochs
     from flower_eec.run.config import from_json
     from flower_eec.run.federated import federated_data
@@ -223,7 +223,7 @@ def _child_central(config_json: str, threads: int) -> dict[str, Any]:
     """The cnn3 trained centrally on the union of all device shards, evaluated every epoch."""
     import torch
 
-    from flower_eec.clients.device import build_device_model
+    from flower_eec.run.devices import build_device_model
     from flower_eec.core.learning import Images, evaluate, train_epochs
     from flower_eec.run.config import from_json
     from flower_eec.run.federated import federated_data

@@ -15,3 +15,7 @@ class DataError(FlowerEECError):
 
 class PayloadError(FlowerEECError, ValueError):
     """A message from a device does not hold what its type promises."""
+
+
+class ProtocolError(FlowerEECError):
+    """The devices do not answer a method's messages: their ClientApp lacks its handlers."""

@@ -15,7 +15,7 @@ import pytest
 from flwr.app import ArrayRecord
 
 from flower_eec.app.client_app import app
-from flower_eec.clients.device import build_device_model
+from flower_eec.run.devices import build_device_model
 from flower_eec.errors import ConfigError
 from flower_eec.grid.local import LocalGrid
 from flower_eec.run import experiment

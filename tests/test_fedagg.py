@@ -16,6 +16,7 @@ from flower_eec.clients import fedagg as device_side
 from flower_eec.errors import ConfigError
 from flower_eec.grid.local import LocalGrid
 from flower_eec.run import experiment
+from flower_eec.run.methods import fedagg as fedagg_methods
 from flower_eec.run.config import Config, resolve, to_json
 from flower_eec.strategies import fedagg as server_side
 from flower_eec.strategies.hierarchical import RoundReport
@@ -179,12 +180,12 @@ def test_a_device_declaring_fewer_codes_than_it_described_is_refused(tmp_path: P
 
 def build(config: Config, on_round: Any) -> server_side.FedAgg:
     """The strategy of ``experiment.run_fedagg``, without the recorder."""
-    from flower_eec.clients.device import build_device_model
+    from flower_eec.run.devices import build_device_model
     from flower_eec.run.federated import federated_data
 
     initial = ArrayRecord(build_device_model(config, federated_data(config),
                                              config.model.cloud).state_dict())
-    return experiment.fedagg_strategy(config, initial, topology=experiment.build_topology(config),
+    return fedagg_methods.fedagg_strategy(config, initial, topology=experiment.build_topology(config),
                                       on_round=on_round, evaluate_edges=False)
 
 

@@ -14,12 +14,13 @@ from torch import nn
 from flower_eec.app.client_app import app
 from flower_eec.clients import device as device_module
 from flower_eec.clients import fedagg as device_side
-from flower_eec.clients.device import build_device_model
+from flower_eec.run.devices import build_device_model
 from flower_eec.core.bsbodp import Distillation, distil_pass
 from flower_eec.core.losses import SKR
 from flower_eec.errors import ConfigError
 from flower_eec.grid.local import LocalGrid
 from flower_eec.run import experiment
+from flower_eec.run.methods import fedagg as fedagg_methods
 from flower_eec.run.config import Config, resolve, to_json
 from flower_eec.run.federated import federated_data
 from flower_eec.strategies import FedEEC
@@ -37,7 +38,7 @@ def build(config: Config, topology: Topology | None = None,
     torch.manual_seed(config.seed)
     initial = ArrayRecord(build_device_model(config, federated_data(config),
                                              config.model.cloud).state_dict())
-    return experiment.fedagg_strategy(config, initial,
+    return fedagg_methods.fedagg_strategy(config, initial,
                                       topology=topology or experiment.build_topology(config),
                                       on_round=on_round, evaluate_edges=False)
 

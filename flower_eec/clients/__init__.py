@@ -1,5 +1,8 @@
-"""Device side: what a device does for each message type."""
+"""Device side, public: per method, a device you register in your own ClientApp with your own
+model and data (``device.register(app)``)."""
 
-from flower_eec.clients.device import describe, evaluate_local, train
+from flower_eec.clients.device import Device, Knobs, TrainSettings, register
+from flower_eec.clients.weights import WeightsDevice
+from flower_eec.core.learning import Images
 
-__all__ = ["describe", "evaluate_local", "train"]
+__all__ = ["Device", "Images", "Knobs", "TrainSettings", "WeightsDevice", "register"]

@@ -1,147 +1,215 @@
-"""What a device does for each message: describe itself, train locally, evaluate locally.
+"""The public device API's base: a device's model and data, its knobs from each message, and
+registration of its handlers in any Flower ``ClientApp``.
 
-Functions of (message, context); the device's data comes from the per-process cache.
+A device never reads the run config to decide what to do: the message type routes the work and
+the message's ``config`` record carries every knob (the strategy's constructor is their source).
+The user's functions give the device its model and data from its ``Context`` (node config, files).
 """
 
 from __future__ import annotations
 
-import time
-from functools import lru_cache
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
 
-from flower_eec.core.learning import evaluate, train_epochs
-from flower_eec.errors import ConfigError
-from flower_eec.models import build_model
-from flower_eec.run.config import Config, demo_fidelity, from_run_config
-from flower_eec.run.federated import FederatedData, federated_data
-from flower_eec.topology import device_models
+from flower_eec.core.learning import Images
+from flower_eec.errors import PayloadError
+from flower_eec.protocol import names
 
-MODEL_STATE = "model"  # context.state key of the model a device keeps between rounds
-
-
-@lru_cache(maxsize=4)
-def _config(key: tuple[tuple[str, object], ...]) -> Config:
-    return from_run_config(dict(key))
+ModelFn = Callable[[Context], nn.Module]
+DataFn = Callable[[Context], Images]
+Handler = Callable[[Message, Context], Message]
+T = TypeVar("T", int, float, bool, str)
+KEPT_MODEL = "model"  # context.state key of the model a device keeps between rounds
 
 
-def device_setup(context: Context) -> tuple[Config, FederatedData, int]:
-    """The run's config, its federated data and this device's index (its ``partition-id``)."""
-    if not context.run_config:
-        raise ConfigError("this ClientApp received an empty run_config; run it with `flwr run .` "
-                          "from the project root, `flower-eec run`, or give LocalGrid a run_config")
-    config = _config(tuple(sorted(context.run_config.items())))
-    torch.set_num_threads(config.simulation.torch_threads)
-    device = int(context.node_config["partition-id"])  # type: ignore[arg-type]
-    if not 0 <= device < config.topology.num_devices:
-        raise ConfigError(f"this node's partition-id is {device} but topology.num_devices is "
-                          f"{config.topology.num_devices}: run with as many SuperNodes as devices")
-    return config, federated_data(config), device
+def partition_id(context: Context) -> int:
+    """The device's stable identity: its node config's ``partition-id`` (Flower's convention)."""
+    value = context.node_config.get(names.PARTITION_ID)
+    if value is None:
+        raise PayloadError(
+            f"this node has no '{names.PARTITION_ID}' in its node config; start the SuperNode with "
+            f"--node-config \"partition-id=<i> num-partitions=<N>\" (simulation sets it itself)")
+    return int(value)  # type: ignore[arg-type]
 
 
-def device_model_name(config: Config, device: int) -> str:
-    """The zoo model this device carries."""
-    m = config.model
-    return _device_models(config.topology.num_devices, m.device, m.large_device,
-                          m.large_fraction, config.seed)[device]
+@dataclass(frozen=True)
+class Knobs:
+    """The ``config`` record of a received message, read with its types checked.
+
+    A missing or mistyped knob is a ``PayloadError`` naming it: the strategy and the device
+    disagree on the protocol, and guessing a default would hide it.
+    """
+
+    record: ConfigRecord
+
+    @classmethod
+    def of(cls, msg: Message) -> Knobs:
+        """The knobs of ``msg`` (an empty record when it carries none)."""
+        return cls(msg.content.config_records.get(names.CONFIG, ConfigRecord()))
+
+    def get(self, key: str, kind: type[T]) -> T:
+        """The value of ``key`` as ``kind`` (an int is accepted where a float is asked for)."""
+        if key not in self.record:
+            raise PayloadError(f"the message's '{names.CONFIG}' record lacks '{key}'; the "
+                               f"strategy that sent it does not speak this device's protocol")
+        value = self.record[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)  # type: ignore[return-value]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise PayloadError(f"knob '{key}' is {value!r}, expected {kind.__name__}")
+        return value
+
+    def floats(self, key: str) -> list[float]:
+        """A list-of-numbers knob."""
+        value = self.record.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) for v in value):
+            raise PayloadError(f"knob '{key}' is {value!r}, expected a list of numbers")
+        return [float(v) for v in value]  # type: ignore[arg-type]
+
+    @property
+    def server_round(self) -> int:
+        """The round the message belongs to."""
+        return self.get(names.SERVER_ROUND, int)
 
 
-@lru_cache(maxsize=4)
-def _device_models(num_devices: int, model: str, large_model: str, large_fraction: float,
-                   seed: int) -> list[str]:
-    return device_models(num_devices, model, large_model=large_model or None,
-                         large_fraction=large_fraction, seed=seed)
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a device trains, as the strategy sends it (every field is a knob of the message)."""
+
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    epochs: int = 1
+    augment: bool = True
+    cutout: int = 0
+    seed: int = 0
+
+    def to_config(self) -> dict[str, Any]:
+        """The knobs as ``config`` record entries."""
+        return {"lr": self.lr, "momentum": self.momentum, "weight-decay": self.weight_decay,
+                "batch-size": self.batch_size, "local-epochs": self.epochs,
+                "augment": self.augment, "cutout": self.cutout, "seed": self.seed}
+
+    @classmethod
+    def from_knobs(cls, knobs: Knobs) -> TrainSettings:
+        """Inverse of ``to_config``."""
+        return cls(lr=knobs.get("lr", float), momentum=knobs.get("momentum", float),
+                   weight_decay=knobs.get("weight-decay", float),
+                   batch_size=knobs.get("batch-size", int), epochs=knobs.get("local-epochs", int),
+                   augment=knobs.get("augment", bool), cutout=knobs.get("cutout", int),
+                   seed=knobs.get("seed", int))
 
 
-def build_device_model(config: Config, data: FederatedData, name: str) -> torch.nn.Module:
-    """A zoo model shaped for the run's dataset."""
-    options = {} if name == "cnn3" else {"stem": config.model.stem, "width": config.model.width}
-    if name == "modular":
-        e = config.eclm
-        options = {"layers": e.layers, "modules": e.modules, "top_k": e.top_k,
-                   "channels": e.channels, "selector_norm": e.selector_norm}
-    return build_model(name, data.dataset.num_classes, data.dataset.in_channels, **options)
-
-
-def round_generator(config: Config, server_round: int, device: int) -> torch.Generator:
+def round_generator(seed: int, server_round: int, device: int) -> torch.Generator:
     """One random stream per (seed, round, device): reruns reproduce, devices and rounds differ."""
-    return torch.Generator().manual_seed((config.seed * 1_000_003 + server_round) * 100_003
-                                         + device)
+    return torch.Generator().manual_seed((seed * 1_000_003 + server_round) * 100_003 + device)
 
 
-def own_model(config: Config, data: FederatedData, device: int,
-              context: Context) -> torch.nn.Module:
-    """The model this device keeps in ``context.state``; the first time, a seeded fresh one."""
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed * 1_000_003 + device)
-        model = build_device_model(config, data, device_model_name(config, device))
-    if MODEL_STATE in context.state.array_records:
-        model.load_state_dict(context.state.array_records[MODEL_STATE].to_torch_state_dict())
-    return model
+def reply(msg: Message, metrics: dict[str, Any], **records: ArrayRecord) -> Message:
+    """A reply with ``records`` and the ``metrics`` record."""
+    content = RecordDict(dict(records))
+    content[names.METRICS] = MetricRecord(metrics)
+    return Message(content, reply_to=msg)
 
 
-def keep_model(context: Context, model: torch.nn.Module) -> None:
-    """Store the device's model for its next message."""
-    context.state[MODEL_STATE] = ArrayRecord(model.state_dict())
+class Device:
+    """A device of one method: its model, its data, and the handlers it answers.
+
+    Subclasses name their handlers in ``handlers`` (message type -> method name). Register the
+    device in a ``ClientApp`` with ``device.register(app)``; several devices go in one app with
+    ``register(app, device, other)``.
+
+    Parameters
+    ----------
+    model_fn : Callable[[Context], nn.Module]
+        Builds this node's model (called when the device needs a fresh one).
+    train_data_fn : Callable[[Context], Images]
+        This node's training data: uint8 images ``(N, C, H, W)``, int64 labels, and the
+        dataset's per-channel mean and std. Cache it yourself if loading is slow.
+    test_data_fn : Callable[[Context], Images], optional
+        This node's test data for the ``evaluate`` handlers (default: no local evaluation).
+    torch_device : str (default: "cpu")
+        Where the model trains.
+    """
+
+    handlers: dict[str, str] = {}
+
+    def __init__(self, model_fn: ModelFn, train_data_fn: DataFn,
+                 test_data_fn: DataFn | None = None, *, torch_device: str = "cpu") -> None:
+        self.model_fn = model_fn
+        self.train_data_fn = train_data_fn
+        self.test_data_fn = test_data_fn
+        self.torch_device = torch.device(torch_device)
+
+    def register(self, app: ClientApp) -> None:
+        """Add ``query.describe`` and this device's handlers to ``app``."""
+        register(app, self)
+
+    def model(self, context: Context) -> nn.Module:
+        """A fresh model from ``model_fn``, on ``torch_device``."""
+        return self.model_fn(context).to(self.torch_device)
+
+    def kept_model(self, context: Context) -> nn.Module:
+        """The model this device keeps between rounds in ``context.state`` (first time: fresh)."""
+        model = self.model(context)
+        if KEPT_MODEL in context.state.array_records:
+            state = context.state.array_records[KEPT_MODEL].to_torch_state_dict()
+            model.load_state_dict(state)
+        return model
+
+    @staticmethod
+    def keep(context: Context, model: nn.Module) -> None:
+        """Store the device's model for its next message."""
+        context.state[KEPT_MODEL] = ArrayRecord(model.state_dict())
+
+    def test_data(self, context: Context) -> Images:
+        """The local test data (a ``PayloadError`` when the device was given none)."""
+        if self.test_data_fn is None:
+            raise PayloadError("this device was built without test_data_fn, so it cannot "
+                               "evaluate; pass test_data_fn or turn device evaluation off")
+        return self.test_data_fn(context)
+
+    def describe(self, msg: Message, context: Context, handled: Sequence[str]) -> Message:
+        """``query.describe``: partition id, data sizes, model, and the message types answered."""
+        test = len(self.test_data_fn(context)) if self.test_data_fn is not None else 0
+        info = ConfigRecord({
+            names.PARTITION_ID: partition_id(context),
+            names.NUM_TRAIN: len(self.train_data_fn(context)),
+            names.NUM_TEST: test,
+            names.MODEL: type(self.model_fn(context)).__name__,
+            names.HANDLERS: list(handled),
+        })
+        return Message(RecordDict({names.DESCRIPTION: info}), reply_to=msg)
 
 
-def describe(msg: Message, context: Context) -> Message:
-    """Reply with the device's index, data sizes and model name."""
-    config, data, device = device_setup(context)
-    info = ConfigRecord({
-        "partition-id": device,
-        "num-train": len(data.train_indices[device]),
-        "num-test": len(data.test_indices[device]),
-        "model": device_model_name(config, device),
-    })
-    return Message(RecordDict({"describe": info}), reply_to=msg)
+def register(app: ClientApp, *devices: Device) -> None:
+    """Register ``query.describe`` (answered by the first device) and every device's handlers.
+
+    Raises:
+        ValueError: Two devices handle the same message type, or ``app`` already has a handler
+            for one of them (Flower's own check).
+    """
+    if not devices:
+        raise ValueError("register needs at least one device")
+    handled = [names.DESCRIBE] + [t for d in devices for t in type(d).handlers]
+    duplicated = sorted({t for t in handled if handled.count(t) > 1})
+    if duplicated:
+        raise ValueError(f"two devices answer {duplicated}; register only one of them")
+    first = devices[0]
+    _add(app, names.DESCRIBE, lambda msg, context: first.describe(msg, context, handled))
+    for device in devices:
+        for message_type, method in type(device).handlers.items():
+            _add(app, message_type, getattr(device, method))
 
 
-def _load(msg: Message, context: Context) -> tuple[Config, FederatedData, int, torch.nn.Module]:
-    """The received weights in the device's model, or the model it keeps when none are sent."""
-    config, data, device = device_setup(context)
-    if not msg.content.array_records:
-        return config, data, device, own_model(config, data, device, context)
-    model = build_device_model(config, data, device_model_name(config, device))
-    arrays = next(iter(msg.content.array_records.values()))
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return config, data, device, model
-
-
-def _number(config: ConfigRecord, key: str, default: float) -> float:
-    value = config.get(key, default)
-    return float(value) if isinstance(value, (int, float)) else default
-
-
-def train(msg: Message, context: Context) -> Message:
-    """Local cross-entropy training from the received weights (kappa1 local epochs)."""
-    started = time.perf_counter()
-    config, data, device, model = _load(msg, context)
-    sent = msg.content.config_records.get("config", ConfigRecord())
-    server_round = int(_number(sent, "server-round", 0))
-    generator = round_generator(config, server_round, device)
-    t = config.train
-    shard = data.device_train(device)
-    metrics: dict[str, Any] = train_epochs(
-        model, shard, epochs=t.local_epochs, batch_size=t.batch_size,
-        lr=_number(sent, "lr", t.lr), momentum=t.momentum, weight_decay=t.weight_decay,
-        augmented=config.data.augment, cutout=config.data.cutout, generator=generator)
-    metrics["num-examples"] = len(shard)
-    metrics["compute_s"] = time.perf_counter() - started
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
-                               "metrics": MetricRecord(metrics)}), reply_to=msg)
-
-
-def evaluate_local(msg: Message, context: Context) -> Message:
-    """Accuracy and loss on the device's local test split of the received weights, or, when none
-    are sent, of the model the device keeps (FedAgg)."""
-    config, data, device, model = _load(msg, context)
-    local = data.device_test(device)
-    fidelity = demo_fidelity(config)
-    metrics: dict[str, Any] = evaluate(
-        model, local, config.train.batch_size if fidelity else config.eval.batch_size,
-        bn_train=fidelity)
-    metrics["num-examples"] = len(local)
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+def _add(app: ClientApp, message_type: str, handler: Handler) -> None:
+    category, _, action = message_type.partition(".")
+    decorator = getattr(app, category)
+    decorator(action)(handler) if action else decorator()(handler)

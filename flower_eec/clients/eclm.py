@@ -8,12 +8,12 @@ reconstruction of the paper's data-distribution shifts and resource fluctuations
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from flower_eec.clients.device import build_device_model, device_setup, round_generator
+from flower_eec.clients.device import Device, round_generator
 from flower_eec.core.eclm_math import device_budget, shift_epoch
 from flower_eec.core.eclm_training import module_use, train_modular
 from flower_eec.core.learning import evaluate
@@ -21,6 +21,7 @@ from flower_eec.errors import PayloadError
 from flower_eec.models import count_parameters
 from flower_eec.models.modular import SELECTOR_PREFIX, ModularNet
 from flower_eec.run.config import Config
+from flower_eec.run.devices import build_device_model, device_setup
 from flower_eec.run.federated import FederatedData
 from flower_eec.run.shift import shifted
 
@@ -124,7 +125,7 @@ def train(msg: Message, context: Context) -> Message:
     now = current_data(config, data, server_round)
     shard, local = now.device_train(device), now.device_test(device)
     before = evaluate(model, local, config.eval.batch_size)
-    generator = round_generator(config, server_round, device)
+    generator = round_generator(config.seed, server_round, device)
     sent = msg.content.config_records.get("config", ConfigRecord())
     lr = sent.get("lr", t.lr)
     metrics: dict[str, Any] = train_modular(
@@ -141,3 +142,9 @@ def train(msg: Message, context: Context) -> Message:
     returned = {k: v for k, v in model.state_dict().items() if not k.startswith(SELECTOR_PREFIX)}
     return Message(RecordDict({"arrays": ArrayRecord(returned),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+class ECLMDevice(Device):
+    """The device side of ECLM (being rewritten as the public device API)."""
+
+    handlers: ClassVar[dict[str, str]] = {}

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from dataclasses import astuple
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from flower_eec.clients.device import device_setup, keep_model, own_model, round_generator
+from flower_eec.clients.device import Device, round_generator
 from flower_eec.core.bsbodp import Distillation, distil_pass, logits_on
 from flower_eec.data.augment import augment, normalise
 from flower_eec.models.bridge import BridgeAutoencoder, load_bridge
@@ -29,6 +29,7 @@ from flower_eec.protocol.payloads import (
     to_record,
 )
 from flower_eec.run.config import Config, rectification, skr_mode
+from flower_eec.run.devices import device_setup
 from flower_eec.run.federated import FederatedData
 from flower_eec.strategies.bridge_store import decode
 
@@ -93,7 +94,7 @@ def _real_images(config: Config, data: FederatedData, device: int,
     images = normalise(shard.x, shard.mean, shard.std)
     if not config.data.augment:
         return images
-    generator = round_generator(config, 0 if config.fedagg.fidelity else server_round, device)
+    generator = round_generator(config.seed, 0 if config.fedagg.fidelity else server_round, device)
     return augment(images, generator, cutout=config.data.cutout)
 
 
@@ -108,20 +109,35 @@ def train(msg: Message, context: Context) -> Message:
                                  max_bytes=logits_limit(len(labels), data.dataset.num_classes))
     sent = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(sent.get("server-round", 0))  # type: ignore[arg-type]
-    model = own_model(config, data, device, context)
+    model = _LEGACY.kept_model(context)
     samples = device_samples(config, data, device)
     settings = Distillation(T=f.T, beta=f.beta_leaf, lr=float(sent.get("lr", t.lr)),  # type: ignore[arg-type]
                             momentum=t.momentum, weight_decay=t.weight_decay,
                             batch_size=t.batch_size, clip=f.clip,
                             skr=rectification(config) if skr_mode(config) == "both" else None)
-    generator = round_generator(config, server_round, device)
+    generator = round_generator(config.seed, server_round, device)
     metrics: dict[str, Any] = distil_pass(
         model, samples, labels, torch.from_numpy(teacher.logits), settings,
         real=_real_images(config, data, device, server_round), gamma=f.gamma,
         shuffle=not f.fidelity, generator=generator)
     own = logits_on(model, samples, t.batch_size if f.fidelity else config.eval.batch_size,
                     bn_train=f.fidelity)
-    keep_model(context, model)
+    _LEGACY.keep(context, model)
     metrics.update({"num-examples": len(labels), "compute_s": time.perf_counter() - started})
     return Message(RecordDict({LOGITS_RECORD: to_record(LogitsPayload(own.numpy()), fp16=f.fp16),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+class FedAggDevice(Device):
+    """The device side of FedAgg and FedEEC (being rewritten as the public device API)."""
+
+    handlers: ClassVar[dict[str, str]] = {}
+
+
+def _legacy() -> Device:
+    from flower_eec.run.devices import device_model, train_data
+
+    return Device(device_model, train_data)
+
+
+_LEGACY = _legacy()  # until FedAggDevice carries the handlers

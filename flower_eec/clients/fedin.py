@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch.nn import functional as F
 
-from flower_eec.clients.device import device_setup, round_generator
+from flower_eec.clients.device import Device, round_generator
 from flower_eec.core.fedin_qp import conflict_direction
 from flower_eec.core.learning import Images, evaluate, minibatches, train_epochs
 from flower_eec.data.augment import normalise
@@ -30,6 +30,7 @@ from flower_eec.protocol.payloads import (
     features_to_record,
 )
 from flower_eec.run.config import Config
+from flower_eec.run.devices import device_setup
 from flower_eec.run.federated import FederatedData
 
 ARRAYS, FEATURES, METRICS = "arrays", "features", "metrics"
@@ -195,7 +196,7 @@ def train(msg: Message, context: Context) -> Message:
     config, data, device, model = _load(msg, context)
     sent = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(_number(sent, "server-round", 0))
-    generator = round_generator(config, server_round, device)
+    generator = round_generator(config.seed, server_round, device)
     t, shard = config.train, data.device_train(device)
     options: dict[str, Any] = {
         "epochs": t.local_epochs, "batch_size": t.batch_size, "lr": _number(sent, "lr", t.lr),
@@ -229,3 +230,9 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     metrics["num-examples"] = len(local)
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 
+
+
+class FedINDevice(Device):
+    """The device side of FedIN and HeteroAvg (being rewritten as the public device API)."""
+
+    handlers: ClassVar[dict[str, str]] = {}

@@ -1,1 +1,1 @@
-"""Pure math on tensors (no Flower, no config): losses, passes, averaging, the FedIN QP, ECLM routing."""
+"""Pure math on tensors (no Flower, no config): losses, passes, averaging, FedIN QP, ECLM."""

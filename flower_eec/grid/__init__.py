@@ -1,1 +1,1 @@
-"""Grid plumbing: forwarding, the per-edge view, metering, discovery and the in-process LocalGrid."""
+"""Grid plumbing: forwarding, the per-edge view, metering, discovery, the in-process LocalGrid."""

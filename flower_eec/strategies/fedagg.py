@@ -338,7 +338,7 @@ class FedAgg(Hierarchical):
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         report.count(messages, replies, group_of)
         started = time.perf_counter()
-        by_group = self._split(replies, group_of, report, self._accept_embeddings)
+        by_group = self.split_replies(replies, group_of, report, self._accept_embeddings)
         for group, accepted in by_group.items():
             for reply in accepted:
                 device = self.device_of[reply.metadata.src_node_id]
@@ -391,14 +391,14 @@ class FedAgg(Hierarchical):
 
     # --- the round ------------------------------------------------------------------------
 
-    def _cloud_round(self, grid: Grid, server_round: int, cloud: ArrayRecord,
+    def cloud_round(self, grid: Grid, server_round: int, cloud: ArrayRecord,
                      config: ConfigRecord, timeout: float, report: RoundReport
                      ) -> tuple[ArrayRecord, MetricRecord | None]:
         view = self.topology.at_round(server_round)
         self._collect_embeddings(grid, view, timeout, report)
         self._place_stores(view, report)
         if self.schedule == "parallel":
-            return super()._cloud_round(grid, server_round, cloud, config, timeout, report)
+            return super().cloud_round(grid, server_round, cloud, config, timeout, report)
         return self._sequential_round(grid, server_round, config, timeout, report, view)
 
     def _sequential_round(self, grid: Grid, server_round: int, config: ConfigRecord,
@@ -408,7 +408,7 @@ class FedAgg(Hierarchical):
         report.participants = len(view.participants())
         examples: dict[int, float] = {}
         metrics: list[MetricRecord] = []
-        for group, devices in self._groups(view).items():
+        for group, devices in self.groups(view).items():
             strategy = self.bridges[group]
             for device in devices:
                 node = self.node_of[device]
@@ -420,8 +420,8 @@ class FedAgg(Hierarchical):
                 replies = list(grid.send_and_receive(messages, timeout=timeout))
                 report.count(messages, replies, {node: group})
                 started = time.perf_counter()
-                by_group = self._split(replies, {node: group}, report, self.reply_problem)
-                metrics += self._aggregate_edges(server_round, by_group, examples)
+                by_group = self.split_replies(replies, {node: group}, report, self.reply_problem)
+                metrics += self.aggregate_edges(server_round, by_group, examples)
                 report.server_s += time.perf_counter() - started
             if group != CLOUD_DIRECT and examples.get(group):
                 started = time.perf_counter()

@@ -123,18 +123,18 @@ class Hierarchical(Strategy):
 
     # --- one edge round -------------------------------------------------------------------
 
-    def _groups(self, view: RoundTopology) -> dict[int, list[int]]:
+    def groups(self, view: RoundTopology) -> dict[int, list[int]]:
         groups = {e: view.devices_of(e) for e in range(self.topology.num_edges)}
         groups[CLOUD_DIRECT] = view.cloud_direct()
         return {g: devices for g, devices in groups.items() if devices}
 
-    def _configure(self, kind: str, server_round: int, view: RoundTopology,
+    def configure_groups(self, kind: str, server_round: int, view: RoundTopology,
                    arrays_of: Callable[[int], ArrayRecord], config: ConfigRecord,
                    grid: Grid) -> tuple[list[Message], dict[int, int]]:
         """Messages of every edge for one phase, and node id -> group of each message."""
         messages: list[Message] = []
         group_of: dict[int, int] = {}
-        for group, devices in self._groups(view).items():
+        for group, devices in self.groups(view).items():
             strategy = self.edges[group]
             needed = max(getattr(strategy, "min_available_nodes", 1),
                          getattr(strategy, f"min_{kind}_nodes", 1))
@@ -160,11 +160,11 @@ class Hierarchical(Strategy):
                         grid: Grid) -> Iterable[Message]:
         """Every edge's train messages for one edge round (edges start from their own model)."""
         view = self.topology.at_round(server_round)
-        messages, _ = self._configure("train", server_round, view,
+        messages, _ = self.configure_groups("train", server_round, view,
                                       lambda g: self.edge_arrays.get(g, arrays), config, grid)
         return messages
 
-    def _split(self, replies: Iterable[Message], group_of: dict[int, int],
+    def split_replies(self, replies: Iterable[Message], group_of: dict[int, int],
                report: RoundReport, check: Callable[[Message, int], str | None]
                ) -> dict[int, list[Message]]:
         by_group: dict[int, list[Message]] = {}
@@ -177,20 +177,20 @@ class Hierarchical(Strategy):
                 continue
             problem = check(reply, group)
             if problem:
-                self._fail(report, node, problem)
+                self.fail_device(report, node, problem)
                 continue
             by_group.setdefault(group, []).append(reply)
         for node in set(group_of) - answered:
-            self._fail(report, node, "no reply before the time-out")
+            self.fail_device(report, node, "no reply before the time-out")
         return by_group
 
-    def _fail(self, report: RoundReport, node: int, reason: str) -> None:
+    def fail_device(self, report: RoundReport, node: int, reason: str) -> None:
         device = self.device_of.get(node, node)
         report.failures += 1
         report.failure_reasons[device] = reason
         log(WARNING, "Device %s failed this round: %s", device, reason)
 
-    def _aggregate_edges(self, server_round: int, by_group: dict[int, list[Message]],
+    def aggregate_edges(self, server_round: int, by_group: dict[int, list[Message]],
                          examples: dict[int, float]) -> list[MetricRecord]:
         metrics = []
         for group, replies in by_group.items():
@@ -220,7 +220,7 @@ class Hierarchical(Strategy):
                            grid: Grid) -> Iterable[Message]:
         """Every edge's evaluate messages, all on the cloud model."""
         view = self.topology.at_round(server_round)
-        messages, _ = self._configure("evaluate", server_round, view, lambda g: arrays,
+        messages, _ = self.configure_groups("evaluate", server_round, view, lambda g: arrays,
                                       config, grid)
         return messages
 
@@ -251,13 +251,13 @@ class Hierarchical(Strategy):
         cloud = initial_arrays
         for server_round in range(1, num_rounds + 1):
             report = RoundReport(round=server_round)
-            cloud, train_metrics = self._cloud_round(grid, server_round, cloud, train_config,
+            cloud, train_metrics = self.cloud_round(grid, server_round, cloud, train_config,
                                                      timeout, report)
             result.arrays = cloud
             if train_metrics is not None:
                 result.train_metrics_clientapp[server_round] = train_metrics
             if server_round % self.evaluate_every == 0 or server_round == num_rounds:
-                self._evaluate(grid, server_round, cloud, evaluate_config, timeout,
+                self.evaluate_round(grid, server_round, cloud, evaluate_config, timeout,
                                evaluate_fn, report, result)
             log(INFO, "[ROUND %d/%d] %d devices, %d failed, cloud %s", server_round,
                 num_rounds, report.participants, report.failures, report.cloud_metrics)
@@ -271,7 +271,7 @@ class Hierarchical(Strategy):
         Methods that need something from every device before training override it.
         """
 
-    def _cloud_round(self, grid: Grid, server_round: int, cloud: ArrayRecord,
+    def cloud_round(self, grid: Grid, server_round: int, cloud: ArrayRecord,
                      config: ConfigRecord, timeout: float, report: RoundReport
                      ) -> tuple[ArrayRecord, MetricRecord | None]:
         view = self.topology.at_round(server_round)
@@ -281,7 +281,7 @@ class Hierarchical(Strategy):
         metrics: list[MetricRecord] = []
         for step in range(self.edge_rounds):
             edge_round = (server_round - 1) * self.edge_rounds + step + 1
-            metrics = self._edge_round(grid, edge_round, view, config, timeout, report,
+            metrics = self.edge_round(grid, edge_round, view, config, timeout, report,
                                        examples)
         started = time.perf_counter()
         report.edges = [{"edge": g, "examples": examples.get(g, 0.0)}
@@ -293,12 +293,12 @@ class Hierarchical(Strategy):
         merged = mean_records(metrics, [1.0] * len(metrics)) if metrics else None
         return cloud, merged
 
-    def _edge_round(self, grid: Grid, edge_round: int, view: RoundTopology,
+    def edge_round(self, grid: Grid, edge_round: int, view: RoundTopology,
                     config: ConfigRecord, timeout: float, report: RoundReport,
                     examples: dict[int, float]) -> list[MetricRecord]:
         """Configure every edge, one ``send_and_receive``, check the replies, aggregate per edge."""
         started = time.perf_counter()
-        messages, group_of = self._configure(
+        messages, group_of = self.configure_groups(
             "train", edge_round, view, lambda g: self.edge_arrays[g], config, grid)
         report.server_s += time.perf_counter() - started
         if not messages:
@@ -306,8 +306,8 @@ class Hierarchical(Strategy):
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         report.count(messages, replies, group_of)
         started = time.perf_counter()
-        by_group = self._split(replies, group_of, report, self.reply_problem)
-        metrics = self._aggregate_edges(edge_round, by_group, examples)
+        by_group = self.split_replies(replies, group_of, report, self.reply_problem)
+        metrics = self.aggregate_edges(edge_round, by_group, examples)
         report.server_s += time.perf_counter() - started
         return metrics
 
@@ -333,7 +333,7 @@ class Hierarchical(Strategy):
         report.add("cloud_to_edge", cloud.count_bytes() * online_edges)
         return cloud
 
-    def _evaluate(self, grid: Grid, server_round: int, cloud: ArrayRecord,
+    def evaluate_round(self, grid: Grid, server_round: int, cloud: ArrayRecord,
                   config: ConfigRecord, timeout: float, evaluate_fn: EvaluateFn | None,
                   report: RoundReport, result: Result) -> None:
         started = time.perf_counter()
@@ -349,7 +349,7 @@ class Hierarchical(Strategy):
                 result.evaluate_metrics_serverapp[server_round] = cloud_metrics
         report.server_s += time.perf_counter() - started
         view = self.topology.at_round(server_round)
-        messages, group_of = self._configure("evaluate", server_round, view, lambda g: cloud,
+        messages, group_of = self.configure_groups("evaluate", server_round, view, lambda g: cloud,
                                              config, grid)
         if messages:
             replies = list(grid.send_and_receive(messages, timeout=timeout))

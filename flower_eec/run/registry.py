@@ -1,0 +1,81 @@
+"""The method registry: one entry per method, the only place that maps a method's name to its parts.
+
+An entry names the method's config section (its knobs, with defaults in the schema and in the
+method's YAML shipped beside its module), its server side (build the strategy from a config and
+run it) and its device side (the ``Device`` our ClientApp registers). Adding a method: a module in
+``flower_eec/run/methods/`` (and its YAML), plus one line in ``_ENTRIES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flower_eec.clients.device import Device
+from flower_eec.errors import ConfigError
+from flower_eec.grid.metered import MeteredGrid
+from flower_eec.run.config import Config
+from flower_eec.run.results import Recorder
+
+METHODS_DIR = Path(__file__).resolve().parent / "methods"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method's parts.
+
+    Attributes:
+        name: What ``method=`` and the CLI's first argument call it.
+        run: Builds the method's strategy from a resolved config and runs it on a grid, adding
+            one row per round to the recorder.
+        device: Our ClientApp's device for this method (model and data from the run config's
+            local settings). Methods that share a device protocol return the same class.
+        section: The config section of the method's own knobs (``None``: none).
+        bridge: Tiers carry their own models and exchange logits on bridge samples (FedAgg's
+            ``fedagg`` section applies, and the central evaluator knows every tier's model).
+    """
+
+    name: str
+    run: Callable[[Config, MeteredGrid, Recorder], None]
+    device: Callable[[], Device]
+    section: str | None = None
+    bridge: bool = False
+
+    @property
+    def defaults(self) -> Path:
+        """The method's YAML of defaults and per-profile settings, shipped in the package."""
+        return METHODS_DIR / f"{self.name}.yaml"
+
+
+def _entries() -> dict[str, Method]:
+    from flower_eec.run.methods import eclm, fedagg, fedin, weights
+
+    return {m.name: m for m in (
+        weights.FEDAVG,
+        weights.HIERFAVG,
+        fedagg.FEDAGG,
+        fedagg.FEDEEC,
+        fedin.FEDIN,
+        fedin.HETEROAVG,
+        eclm.ECLM_METHOD,
+    )}
+
+
+def methods() -> dict[str, Method]:
+    """Every registered method by name."""
+    global _CACHE
+    if _CACHE is None:
+        _CACHE = _entries()
+    return _CACHE
+
+
+_CACHE: dict[str, Method] | None = None
+
+
+def method(name: str) -> Method:
+    """The entry of ``name``; an unknown name is a ``ConfigError`` listing the registered ones."""
+    entries = methods()
+    if name not in entries:
+        raise ConfigError(f"unknown method '{name}'. Allowed: {', '.join(entries)}")
+    return entries[name]
