@@ -21,8 +21,6 @@ from flower_eec.errors import ConfigError
 if TYPE_CHECKING:
     from flower_eec.core.losses import SKR
 
-METHODS = ("fedavg", "hierfavg", "fedagg", "fedeec", "eclm", "fedin", "heteroavg")
-BRIDGE_METHODS = ("fedagg", "fedeec")  # BSBODP on bridge samples: the ``fedagg`` section
 PROFILES_NAMES = ("smoke", "cpu", "paper")
 DATASETS = ("synthetic", "cifar10", "mnist")
 PARTITIONS = ("dirichlet", "iid", "pathological")
@@ -30,7 +28,6 @@ ASSIGNMENTS = ("contiguous", "round_robin", "random")
 ORPHANS = ("skip", "cloud")
 SCHEDULES = ("parallel", "sequential")
 SKR_MODES = ("off", "upward", "both")
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
 
 @dataclass
@@ -324,18 +321,33 @@ def parse_overrides(items: list[str] | str) -> dict[str, Any]:
 
 
 def method_file(method: str) -> Path:
-    """The YAML shipped for a method, e.g. ``examples/hierfavg.yaml``."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown method '{method}'. Allowed: {', '.join(METHODS)}")
-    return EXAMPLES_DIR / f"{method}.yaml"
+    """The defaults shipped for a registered method (``flower_eec/run/methods/<method>.yaml``)."""
+    from flower_eec.run.registry import method as entry
+
+    return entry(method).defaults
+
+
+def method_names() -> list[str]:
+    """Every registered method's name."""
+    from flower_eec.run.registry import methods
+
+    return list(methods())
+
+
+def is_bridge(config: Config) -> bool:
+    """Whether the run's method distils on bridge samples (its ``fedagg`` section applies)."""
+    from flower_eec.run.registry import method
+
+    return method(config.method).bridge
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read one config file; a missing or malformed file is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; give a path to a YAML file "
-                          f"such as examples/hierfavg.yaml")
+        raise ConfigError(f"config file '{path}' does not exist; give a method name "
+                          f"({', '.join(method_names())}) or a path to a YAML file such as "
+                          f"examples/hierfavg.yaml")
     try:
         content = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -346,17 +358,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Build the validated config from a YAML file (or the method's own) and overrides."""
+    """Build the validated config from a YAML file (or the method's own) and overrides.
+
+    ``file`` may also be a registered method's name (``fedagg``): its shipped defaults are read.
+    """
     overrides = dict(overrides or {})
+    if file is not None and not Path(file).exists() and str(file) in method_names():
+        overrides.setdefault("method", str(file))
+        file = None
     content = read_yaml(file) if file else {}
     method = overrides.get("method", content.get("method", Config.method))
-    if not file and method in METHODS and method_file(method).is_file():
+    if not file:
         content = read_yaml(method_file(method))
     profile = overrides.get("profile", content.get("profile", Config.profile))
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile '{profile}'. Allowed: {', '.join(PROFILES)}")
     file_profiles = content.pop("profiles", {}) or {}
-    source = str(file) if file else f"examples/{method}.yaml"
+    source = str(file) if file else f"the defaults of method '{method}'"
 
     merged = _merge(_schema(), PROFILES[profile], f"profile '{profile}'")
     merged = _merge(merged, content, source)
@@ -431,7 +449,7 @@ def validate(config: Config) -> None:
     """Check values beyond their types; raise ConfigError naming the key and what is allowed."""
     from flower_eec.models import MODEL_NAMES
 
-    _choice("method", config.method, METHODS)
+    _choice("method", config.method, tuple(method_names()))
     _choice("profile", config.profile, PROFILES_NAMES)
     d, t, m, tr = config.data, config.topology, config.model, config.train
     _choice("data.dataset", d.dataset, DATASETS)
@@ -474,7 +492,7 @@ def validate(config: Config) -> None:
     _check(config.simulation.timeout > 0, "simulation.timeout", config.simulation.timeout, "> 0")
     _validate_outages(t)
     _choice("fedeec.skr", config.fedeec.skr, SKR_MODES)
-    if config.method in BRIDGE_METHODS:
+    if is_bridge(config):
         _validate_fedagg(config)
     _validate_eclm(config)
     _validate_fedin(config.fedin)
@@ -508,7 +526,7 @@ def rectification(config: Config) -> SKR:
 
 def demo_fidelity(config: Config) -> bool:
     """Whether this run reproduces the FedAgg demo's train-mode BatchNorm (``fedagg.fidelity``)."""
-    return config.method in BRIDGE_METHODS and config.fedagg.fidelity
+    return is_bridge(config) and config.fedagg.fidelity
 
 
 def _validate_fedagg(config: Config) -> None:

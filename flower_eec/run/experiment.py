@@ -16,7 +16,7 @@ from flower_eec.core.learning import evaluate, torch_device
 from flower_eec.errors import ConfigError
 from flower_eec.grid.metered import MeteredGrid, Traffic
 from flower_eec.run.config import (
-    BRIDGE_METHODS,
+    is_bridge,
     Config,
     demo_fidelity,
     edge_outages,
@@ -134,7 +134,7 @@ def start_point(config: Config) -> tuple[EvaluateFn, ArrayRecord]:
     weights (seeded): every tier is ``model.device`` when weights are averaged, the edge and
     cloud models otherwise (FedAgg's bridge)."""
     data = federated_data(config)
-    if config.method in BRIDGE_METHODS:
+    if is_bridge(config):
         cloud, tiers = config.model.cloud, [config.model.edge, config.model.cloud]
     else:
         cloud = _shared_model(config)
