@@ -1,12 +1,16 @@
-"""Datasets (CIFAR-10, MNIST, synthetic), device partitions and batched augmentation.
+"""Datasets, device partitions and batched augmentation.
 
-`load_dataset` is the one entry point the rest of flower-eec uses to get data by name.
+`load_dataset` is the one entry point the rest of flower-eec uses to get data by name: CIFAR-10,
+CIFAR-100, CINIC-10, Fashion-MNIST, MNIST and SVHN read offline from their official files, or
+generated synthetic data. Each `Dataset` carries its classes, channels, image size and
+normalisation statistics.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from flower_eec.data.augment import (
@@ -17,7 +21,10 @@ from flower_eec.data.augment import (
     random_flip,
 )
 from flower_eec.data.cifar10 import load_cifar10
+from flower_eec.data.cifar100 import load_cifar100
+from flower_eec.data.cinic10 import load_cinic10
 from flower_eec.data.dataset import Dataset
+from flower_eec.data.fashion_mnist import load_fashion_mnist
 from flower_eec.data.mnist import load_mnist
 from flower_eec.data.partition import (
     SCHEMES,
@@ -28,10 +35,11 @@ from flower_eec.data.partition import (
     pathological,
     stratified_subset,
 )
+from flower_eec.data.svhn import load_svhn
 from flower_eec.data.synthetic import make_synthetic
 from flower_eec.errors import ConfigError, DataError
 
-DATASETS = ("cifar10", "mnist", "synthetic")
+DATASETS = ("cifar10", "cifar100", "cinic10", "fashion_mnist", "mnist", "svhn", "synthetic")
 DATA_ENV = "FLOWER_EEC_DATA"
 
 __all__ = [
@@ -40,11 +48,16 @@ __all__ = [
     "SCHEMES",
     "Dataset",
     "augment",
+    "dataset_options",
     "dirichlet",
     "iid",
     "load_cifar10",
+    "load_cifar100",
+    "load_cinic10",
     "load_dataset",
+    "load_fashion_mnist",
     "load_mnist",
+    "load_svhn",
     "local_test_split",
     "make_synthetic",
     "normalise",
@@ -56,7 +69,16 @@ __all__ = [
     "stratified_subset",
 ]
 
-_REAL_LOADERS = {"cifar10": load_cifar10, "mnist": load_mnist}
+_COMMON = ("root", "verify", "seed")  # arguments every loader gets, not dataset options
+# Each reader takes (root, verify=...) and its own keyword options (e.g. CIFAR-100's `labels`).
+_REAL_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "cinic10": load_cinic10,
+    "fashion_mnist": load_fashion_mnist,
+    "mnist": load_mnist,
+    "svhn": load_svhn,
+}
 
 
 def resolve_root(root: str | Path | None, name: str) -> Path:
@@ -71,15 +93,20 @@ def resolve_root(root: str | Path | None, name: str) -> Path:
     return Path(chosen).expanduser()
 
 
-def _synthetic(seed: int, options: dict[str, object]) -> Dataset:
-    allowed = set(inspect.signature(make_synthetic).parameters) - {"seed"}
-    unknown = sorted(set(options) - allowed)
+def dataset_options(name: str) -> tuple[str, ...]:
+    """The keyword options dataset `name` accepts besides root, verify and seed."""
+    function = make_synthetic if name == "synthetic" else _REAL_LOADERS[name]
+    return tuple(p for p in inspect.signature(function).parameters if p not in _COMMON)
+
+
+def _check_options(name: str, options: dict[str, object]) -> None:
+    allowed = dataset_options(name)
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ConfigError(
-            f"unknown synthetic option(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(allowed))}"
+            f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; allowed: "
+            f"{', '.join(allowed) or 'none'}"
         )
-    return make_synthetic(seed=seed, **options)  # type: ignore[arg-type]
 
 
 def load_dataset(
@@ -88,21 +115,20 @@ def load_dataset(
     *,
     verify: bool = True,
     seed: int = 0,
-    **synthetic_options: object,
+    **options: object,
 ) -> Dataset:
-    """Load a dataset by name: "cifar10", "mnist" (from `root`) or "synthetic" (generated).
+    """Load a dataset by name (one of `DATASETS`): a real one from `root`, or "synthetic".
 
     An empty `root` falls back to the FLOWER_EEC_DATA environment variable. `verify` checks real
-    files against their official md5s; `seed` and `synthetic_options` apply to "synthetic" only.
+    files against their official md5s (or, where the publisher gives none, their image counts);
+    `seed` applies to "synthetic" only. `options` are the dataset's own keyword options, e.g.
+    `labels="fine"` for CIFAR-100, `extra=True` for SVHN, `use_valid=False` for CINIC-10, or
+    `num_train=...` for synthetic data (see `dataset_options`).
     """
     key = name.strip().lower()
-    if key == "synthetic":
-        return _synthetic(seed, synthetic_options)
-    if key not in _REAL_LOADERS:
+    if key != "synthetic" and key not in _REAL_LOADERS:
         raise ConfigError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    if synthetic_options:
-        raise ConfigError(
-            f"options {', '.join(sorted(synthetic_options))} apply only to the synthetic dataset, "
-            f"not {key!r}"
-        )
-    return _REAL_LOADERS[key](resolve_root(root, key), verify=verify)
+    _check_options(key, options)
+    if key == "synthetic":
+        return make_synthetic(seed=seed, **options)  # type: ignore[arg-type]
+    return _REAL_LOADERS[key](resolve_root(root, key), verify=verify, **options)

@@ -14,7 +14,11 @@ from pathlib import Path
 from flower_eec.errors import DataError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 MNIST_URL = "http://yann.lecun.com/exdb/mnist/"
+FASHION_MNIST_URL = "https://github.com/zalandoresearch/fashion-mnist"
+SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+CINIC10_URL = "https://doi.org/10.7488/ds/2448"
 
 # Official md5 of the files inside the binary tarball; the tarball's own md5 is deliberately not
 # checked because re-compressed copies (same members, different gzip wrapper) are common.
@@ -44,6 +48,33 @@ MNIST_MD5: dict[str, str] = {
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+# CIFAR-100: the publisher lists the md5 of each tarball. Those of the python version's members are
+# the ones torchvision checks; the binary version's members have no published md5, so a binary
+# tarball is checked whole (and an extracted binary folder only by its record counts).
+CIFAR100_TAR_MD5: dict[str, str] = {
+    "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+    "cifar-100-binary.tar.gz": "03b5dce01913d631647c71ecec9e9cb8",
+}
+CIFAR100_PICKLE_MD5: dict[str, str] = {
+    "train": "16019d7e3df5f24257cddd939b257f8d",
+    "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+}
+
+# Fashion-MNIST: the publisher lists the md5 of the gzip-compressed files, not of their content.
+FASHION_MNIST_GZ_MD5: dict[str, str] = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+
+# SVHN cropped digits (format 2), as published with the release.
+SVHN_MD5: dict[str, str] = {
+    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
+    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+    "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7",
 }
 
 CACHE_ENV = "FLOWER_EEC_CACHE_DIR"
@@ -153,3 +184,18 @@ def verify_md5(
         got = cached_md5(path, lambda: md5_bytes(content), member)
     label = f"{path}:{member}" if member else str(path)
     check_md5(label, got, expected, url)
+
+
+def check_count(label: str, got: int, expected: int, url: str) -> None:
+    """Raise DataError when a file holds `got` images where the official release has `expected`.
+
+    The check for files whose publisher gives no md5: a wrong count means a truncated, padded or
+    altered copy.
+    """
+    if got == expected:
+        return
+    raise DataError(
+        f"{label}: {got:,} images, but the official release has {expected:,}; the data is "
+        f"truncated or not the official release. Re-download it from {url}, "
+        "or pass verify=False to skip the check."
+    )

@@ -5,15 +5,20 @@ Tarballs are read member by member in memory, so nothing is ever extracted next 
 
 from __future__ import annotations
 
-import io
-import pickle
-import tarfile
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from flower_eec.data.archive import (
+    Member,
+    MemberSource,
+    dict_entry,
+    read_folder,
+    read_tarball,
+    tarball_kind,
+    unpickle_dict,
+)
 from flower_eec.data.checksums import (
     CIFAR10_BINARY_MD5,
     CIFAR10_PICKLE_MD5,
@@ -24,6 +29,9 @@ from flower_eec.data.dataset import Dataset
 from flower_eec.data.paths import existing_root, search_dirs
 from flower_eec.errors import DataError
 
+CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 NUM_CLASSES = 10
@@ -39,21 +47,11 @@ BINARY_TEST = "test_batch.bin"
 PICKLE_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 PICKLE_TEST = "test_batch"
 
-# (folder or tarball, file names) -> (name, file on disk, member in archive or "", bytes)
-BatchSource = Callable[[Path, tuple[str, ...]], Iterator[tuple[str, Path, str, bytes]]]
+BatchSource = MemberSource
 
 _SUBDIRS = ("cifar10", "cifar-10")
 _FIX = f"Re-download CIFAR-10 from {CIFAR10_URL}."
-# Globals an official CIFAR-10 pickle needs: a dict of lists, strings and one numpy array.
-_SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-}
+_EXPECTED_TAR = f"the official {BINARY_TAR} (holding {BINARY_DIR}/) or {PICKLE_TAR}"
 
 
 def locate_cifar10(root: Path) -> tuple[str, Path]:
@@ -96,26 +94,11 @@ def parse_binary_batch(data: bytes, label: str) -> tuple[np.ndarray, np.ndarray]
     return _checked(label, records[:, 1:], records[:, 0])
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that builds numpy arrays but refuses every other global: a file cannot run code."""
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-        return super().find_class(module, name)
-
-
 def parse_pickle_batch(data: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
     """Decode a python-version batch (a dict with data (N, 3072) and labels) like the binary one."""
-    try:
-        # latin1 is what numpy needs to rebuild arrays pickled by Python 2, as the originals were.
-        batch = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except Exception as exc:  # unpickling damaged bytes can raise almost anything
-        raise DataError(f"{label}: not a readable CIFAR-10 pickle batch ({exc}). {_FIX}") from exc
-    if not isinstance(batch, dict):
-        raise DataError(f"{label}: expected a pickled dict, got {type(batch).__name__}. {_FIX}")
-    images = batch.get(b"data", batch.get("data"))
-    labels = batch.get(b"labels", batch.get("labels"))
+    batch = unpickle_dict(data, label, "CIFAR-10 pickle batch", _FIX)
+    images = dict_entry(batch, "data")
+    labels = dict_entry(batch, "labels")
     if images is None or labels is None:
         raise DataError(f"{label}: the pickled dict lacks 'data' or 'labels'. {_FIX}")
     images = np.asarray(images)
@@ -136,57 +119,20 @@ def _checked(label: str, flat: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
     return flat.reshape(-1, 3, 32, 32).copy(), labels.astype(np.int64)
 
 
-def iter_folder(folder: Path, names: tuple[str, ...]) -> Iterator[tuple[str, Path, str, bytes]]:
+def iter_folder(folder: Path, names: tuple[str, ...]) -> Iterator[Member]:
     """Yield (name, file, member, bytes) for each of `names` in `folder`; a missing one raises."""
-    for name in names:
-        path = folder / name
-        if not path.is_file():
-            raise DataError(
-                f"{path}: missing CIFAR-10 file (expected all of {', '.join(names)} in {folder}). "
-                f"{_FIX}"
-            )
-        yield name, path, "", path.read_bytes()
+    return read_folder(folder, names, "CIFAR-10", _FIX)
 
 
-def iter_tarball(tar_path: Path, names: tuple[str, ...]) -> Iterator[tuple[str, Path, str, bytes]]:
+def iter_tarball(tar_path: Path, names: tuple[str, ...]) -> Iterator[Member]:
     """Yield (name, tarball, member, bytes) for each of `names` in the tarball, in one pass."""
-    found: set[str] = set()
-    try:
-        with tarfile.open(tar_path, "r:*") as archive:
-            for member in archive:
-                name = Path(member.name).name
-                if not member.isfile() or name not in names or name in found:
-                    continue
-                handle = archive.extractfile(member)
-                if handle is None:
-                    continue
-                found.add(name)
-                yield name, tar_path, member.name, handle.read()
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DataError(f"{tar_path}: damaged or truncated archive ({exc}). {_FIX}") from exc
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise DataError(
-            f"{tar_path}: archive lacks CIFAR-10 member(s) {', '.join(missing)}; expected the "
-            f"official {BINARY_TAR} (holding {BINARY_DIR}/) or {PICKLE_TAR}. {_FIX}"
-        )
+    return read_tarball(tar_path, names, "CIFAR-10", _EXPECTED_TAR, _FIX)
 
 
 def tarball_format(tar_path: Path) -> str:
     """Return "binary" or "pickle" from the tarball's first member names, without reading data."""
-    try:
-        with tarfile.open(tar_path, "r:*") as archive:
-            for member in archive:
-                if PICKLE_DIR in member.name:
-                    return "pickle"
-                if BINARY_DIR in member.name:
-                    return "binary"
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DataError(f"{tar_path}: damaged or truncated archive ({exc}). {_FIX}") from exc
-    raise DataError(
-        f"{tar_path}: no {BINARY_DIR}/ or {PICKLE_DIR}/ inside; expected the official "
-        f"{BINARY_TAR}. {_FIX}"
-    )
+    markers = {"pickle": PICKLE_DIR, "binary": BINARY_DIR}
+    return tarball_kind(tar_path, markers, f"the official {BINARY_TAR}", _FIX)
 
 
 def load_cifar10(root: str | Path, verify: bool = True) -> Dataset:
@@ -224,4 +170,5 @@ def load_cifar10(root: str | Path, verify: bool = True) -> Dataset:
         num_classes=NUM_CLASSES,
         mean=MEAN,
         std=STD,
+        classes=CLASSES,
     )

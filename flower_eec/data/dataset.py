@@ -16,8 +16,10 @@ from flower_eec.errors import DataError
 class Dataset:
     """Train and test splits of one dataset, with the per-channel statistics used to normalise it.
 
-    `mean` and `std` are in [0, 1] pixel units, one entry per channel. Equality is identity: arrays
-    have no single truth value, so value comparison is left to callers.
+    `mean` and `std` are in [0, 1] pixel units, one entry per channel; `classes` names label 0, 1,
+    ... (empty when the classes have no names, as for synthetic data). Channels and image size come
+    from the arrays (`in_channels`, `image_size`). Equality is identity: arrays have no single
+    truth value, so value comparison is left to callers.
     """
 
     name: str
@@ -28,6 +30,7 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Refuse arrays that would only fail later, deep inside training."""
@@ -49,10 +52,15 @@ class Dataset:
             )
         if min(self.std) <= 0:
             raise DataError(f"dataset {self.name!r}: every std must be > 0, got {self.std}")
+        if self.classes and len(self.classes) != self.num_classes:
+            raise DataError(
+                f"dataset {self.name!r}: {len(self.classes)} class names for "
+                f"{self.num_classes} classes"
+            )
 
     @property
     def in_channels(self) -> int:
-        """Number of image channels (3 for CIFAR-10, 1 for MNIST)."""
+        """Number of image channels (3 for colour datasets, 1 for grey ones)."""
         return int(self.x_train.shape[1])
 
     @property

@@ -17,6 +17,7 @@ from flower_eec.data.idx import parse_idx
 from flower_eec.data.paths import existing_root, search_dirs
 from flower_eec.errors import DataError
 
+CLASSES = tuple(str(digit) for digit in range(10))
 MEAN = (0.1307,)
 STD = (0.3081,)
 NUM_CLASSES = 10
@@ -101,4 +102,5 @@ def load_mnist(root: str | Path, verify: bool = True) -> Dataset:
         num_classes=NUM_CLASSES,
         mean=MEAN,
         std=STD,
+        classes=CLASSES,
     )

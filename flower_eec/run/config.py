@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from flower_eec.core.losses import SKR
 
 PROFILES_NAMES = ("smoke", "cpu", "paper")
-DATASETS = ("synthetic", "cifar10", "mnist")
+DATASETS = ("synthetic", "cifar10", "cifar100", "cinic10", "fashion_mnist", "mnist", "svhn")
 PARTITIONS = ("dirichlet", "iid", "pathological")
 ASSIGNMENTS = ("contiguous", "round_robin", "random")
 ORPHANS = ("skip", "cloud")
@@ -48,6 +48,7 @@ class DataConfig:
     synthetic_test: int = 500
     augment: bool = True
     cutout: int = 0
+    cifar100_labels: str = "coarse"
 
 
 @dataclass
@@ -454,6 +455,7 @@ def validate(config: Config) -> None:
     d, t, m, tr = config.data, config.topology, config.model, config.train
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.partition", d.partition, PARTITIONS)
+    _choice("data.cifar100_labels", d.cifar100_labels, ("coarse", "fine"))
     _check(0 < d.subset <= 1, "data.subset", d.subset, "a fraction in (0, 1]")
     _check(0 <= d.holdout < 1, "data.holdout", d.holdout, "a fraction in [0, 1)")
     _check(d.alpha > 0 and math.isfinite(d.alpha), "data.alpha", d.alpha, "a positive number")
@@ -538,9 +540,9 @@ def _validate_fedagg(config: Config) -> None:
     if f.bridge_weights:
         _check(Path(f.bridge_weights).is_file(), "fedagg.bridge_weights", f.bridge_weights,
                "a weights JSON written by scripts/train_bridge.py (or empty for the shipped one)")
-    elif config.data.dataset == "mnist":
+    elif config.data.dataset in ("mnist", "fashion_mnist"):
         raise ConfigError("fedagg ships a bridge autoencoder for 3-channel 32x32 images only; for "
-                          "MNIST train one with scripts/train_bridge.py and set "
+                          "MNIST or Fashion-MNIST train one with scripts/train_bridge.py and set "
                           "fedagg.bridge_weights to its file")
     elif config.data.dataset == "cifar10" and config.data.holdout < 0.1:
         raise ConfigError(f"data.holdout is {config.data.holdout}, but the shipped bridge was "

@@ -84,6 +84,7 @@ def federated_data(config: Config) -> FederatedData:
         d.local_test_size,
         d.synthetic_train,
         d.synthetic_test,
+        d.cifar100_labels,
         config.topology.num_devices,
         config.seed,
     )
@@ -103,14 +104,15 @@ def _build(
     local_test_size: int,
     synthetic_train: int,
     synthetic_test: int,
+    cifar100_labels: str,
     num_devices: int,
     seed: int,
 ) -> FederatedData:
-    options = (
-        {"num_train": synthetic_train, "num_test": synthetic_test}
-        if name == "synthetic"
-        else {}
-    )
+    options: dict[str, object] = {}
+    if name == "synthetic":
+        options = {"num_train": synthetic_train, "num_test": synthetic_test}
+    elif name == "cifar100":
+        options = {"labels": cifar100_labels}
     dataset = load_dataset(name, root or None, verify=verify, seed=seed, **options)
     public, pool = holdout_split(dataset.y_train, holdout)
     if subset < 1.0:
