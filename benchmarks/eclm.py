@@ -48,8 +48,6 @@ sys.path.insert(0, str(ROOT))
 from flwr.common.logger import FLOWER_LOGGER  # noqa: E402
 
 from flower_eec.app.client_app import app  # noqa: E402
-from flower_eec.run.devices import build_device_model  # noqa: E402
-from flower_eec.clients.eclm import budget_of, current_data  # noqa: E402
 from flower_eec.core.eclm_math import derive_submodel, submodel_params  # noqa: E402
 from flower_eec.core.eclm_training import offline_stage, train_modular  # noqa: E402
 from flower_eec.core.learning import evaluate  # noqa: E402
@@ -57,7 +55,10 @@ from flower_eec.grid.local import LocalGrid  # noqa: E402
 from flower_eec.models.modular import ModularNet, module_sizes  # noqa: E402
 from flower_eec.run import experiment  # noqa: E402
 from flower_eec.run.config import Config, resolve, to_dict, to_json  # noqa: E402
+from flower_eec.run.devices import build_device_model  # noqa: E402
 from flower_eec.run.federated import federated_data  # noqa: E402
+from flower_eec.run.methods.eclm import budget_of  # noqa: E402
+from flower_eec.run.shift import current_data  # noqa: E402
 
 QUICK = {"topology": {"num_devices": 4}, "data": {"subset": 0.02}, "train": {"rounds": 2},
          "eclm": {"offline_epochs": 1, "shift_every": 1, "budget_every": 1}}

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, MetricRecord
 
-from flower_eec.strategies.aggregation import match_dtypes, weighted_average
+from flower_eec.strategies.aggregation import (
+    count,
+    match_dtypes,
+    mean_records,
+    weighted_average,
+    weighted_metrics,
+)
 
 
 def record(**arrays: np.ndarray) -> ArrayRecord:
@@ -142,3 +148,47 @@ def test_match_dtypes_leaves_integers_as_integers() -> None:
 
     assert cast["n"].numpy().dtype == np.int64
     assert cast["n"].numpy().tolist() == [3, 4]
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def test_weighted_metrics_of_one_and_three_examples() -> None:
+    a = MetricRecord({"loss": 0.0, "accuracy": 0.5, "num-examples": 1})
+    b = MetricRecord({"loss": 2.0, "accuracy": 0.1, "num-examples": 3})
+
+    merged = weighted_metrics([a, b])
+
+    assert merged is not None
+    assert dict(merged) == pytest.approx({"accuracy": 0.2, "loss": 1.5, "num-examples": 4})
+    assert isinstance(merged["num-examples"], int)
+
+
+def test_weighted_metrics_keep_only_shared_scalars() -> None:
+    a = MetricRecord({"loss": 1.0, "extra": 5.0, "hist": [1.0, 2.0], "n": 2})
+    b = MetricRecord({"loss": 4.0, "n": 1})
+
+    merged = weighted_metrics([a, b], "n")
+
+    assert dict(merged or {}) == {"loss": 2.0, "n": 3}
+
+
+def test_weighted_metrics_leave_out_records_without_examples() -> None:
+    a = MetricRecord({"loss": 1.0, "num-examples": 0})
+    b = MetricRecord({"loss": 3.0})
+    c = MetricRecord({"loss": 5.0, "num-examples": 2.5})
+
+    assert dict(weighted_metrics([a, b, c]) or {}) == {"loss": 5.0, "num-examples": 2.5}
+    assert weighted_metrics([a, b]) is None
+    assert weighted_metrics([]) is None
+
+
+def test_mean_records_with_equal_weights_is_the_plain_mean() -> None:
+    merged = mean_records([MetricRecord({"loss": 1.0}), MetricRecord({"loss": 2.0})], [1, 1])
+
+    assert dict(merged) == {"loss": 1.5}
+
+
+def test_count_is_an_int_when_whole() -> None:
+    assert count(4.0) == 4 and isinstance(count(4.0), int)
+    assert count(2.5) == 2.5

@@ -16,7 +16,10 @@ from flower_eec.models import count_parameters
 from flower_eec.models.bridge import (
     DEFAULT_WEIGHTS,
     BridgeAutoencoder,
+    bridge_digest,
     bridge_samples,
+    code_shape,
+    encode,
     load_bridge,
 )
 from flower_eec.models.weights_io import load_state_json, save_state_json
@@ -94,3 +97,28 @@ def test_weights_of_another_model_do_not_load(tmp_path: Path) -> None:
     path = save_state_json(tmp_path / "other.json", torch.nn.Linear(2, 2).state_dict(), {})
     with pytest.raises(DataError, match="does not fit the bridge"):
         load_bridge(path)
+
+
+def test_encode_scales_uint8_and_batches_without_changing_codes() -> None:
+    bridge = load_bridge()
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    codes = encode(bridge, images, batch_size=2)
+    assert codes.shape == (5, *code_shape(images.shape)) == (5, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(codes, bridge.encode(images.float() / 255.0), atol=1e-6)
+    assert code_shape((7, 3, 64, 48)) == (4, 16, 12)
+    assert encode(bridge, images[:0]).shape == (0, 4, 8, 8)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 32, 32), (2, 3, 30, 32)])
+def test_images_that_do_not_fit_the_bridge_name_the_fix(shape: tuple[int, ...]) -> None:
+    with pytest.raises(DataError, match="scripts/train_bridge.py"):
+        encode(load_bridge(), torch.zeros(shape, dtype=torch.uint8))
+
+
+def test_digest_tells_bridges_apart_and_loads_alike() -> None:
+    first, second = load_bridge(), load_bridge()
+    assert bridge_digest(first) == bridge_digest(second) and len(bridge_digest(first)) == 16
+    second.state_dict()["decoder.0.bias"][0] += 1e-3  # in place: the bridge's own tensor
+    assert bridge_digest(first) != bridge_digest(second)
+    assert bridge_digest(BridgeAutoencoder(in_channels=1)) != bridge_digest(first)

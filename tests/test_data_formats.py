@@ -375,7 +375,8 @@ def test_md5_cache_survives_a_corrupt_cache_file(tmp_path: Path, private_cache: 
 
 
 def test_load_dataset_unknown_name_lists_allowed() -> None:
-    with pytest.raises(ConfigError, match="cifar10, cifar100, cinic10, fashion_mnist, mnist, svhn, synthetic"):
+    allowed = "cifar10, cifar100, cinic10, fashion_mnist, mnist, svhn, synthetic"
+    with pytest.raises(ConfigError, match=allowed):
         load_dataset("imagenet", "/tmp")
 
 

@@ -18,7 +18,7 @@ from flower_eec.models.modular import (
     module_sizes,
 )
 from flower_eec.run.config import resolve
-from flower_eec.run.federated import federated_data
+from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.run.shift import shifted
 
 
@@ -92,6 +92,7 @@ def test_with_top1_the_selector_still_learns_from_the_task_loss() -> None:
     torch.nn.functional.cross_entropy(logits, torch.arange(8)).backward()
 
     linear = model.selector[-1]
+    assert isinstance(linear, torch.nn.Linear)
     assert linear.weight.grad is not None
     assert float(linear.weight.grad.abs().sum()) > 0
 
@@ -110,6 +111,7 @@ def test_the_selector_norm_standardises_each_pooled_feature_over_the_batch() -> 
 
 def test_the_selector_norm_uses_running_statistics_for_a_single_sample() -> None:
     norm = SelectorNorm(2)
+    assert norm.running_mean is not None and norm.running_var is not None
     norm.running_mean.fill_(1.0)
     norm.running_var.fill_(4.0)
 
@@ -188,7 +190,7 @@ def test_label_shift_redeals_the_same_pool_deterministically() -> None:
     data = federated_data(config)
     d = config.data
 
-    def shift(epoch: int) -> object:
+    def shift(epoch: int) -> FederatedData:
         return shifted(data, epoch, alpha=0.5, seed=config.seed, min_size=d.min_size,
                        local_test_size=d.local_test_size)
 

@@ -8,17 +8,24 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 
 from flower_eec.app.client_app import app
-from flower_eec.run.devices import build_device_model
-from flower_eec.clients.eclm import USAGE
-from flower_eec.errors import ConfigError
+from flower_eec.clients import TrainSettings, WeightsDevice
+from flower_eec.clients import eclm as eclm_device
+from flower_eec.clients.device import round_generator
+from flower_eec.errors import ConfigError, ProtocolError
 from flower_eec.grid.local import LocalGrid
-from flower_eec.models.modular import ModularNet, module_sizes
-from flower_eec.run import experiment
+from flower_eec.models.modular import ModularNet, SelectorNorm
+from flower_eec.protocol import names
+from flower_eec.run import devices, experiment
 from flower_eec.run.config import Config, resolve, to_json
 from flower_eec.run.federated import federated_data
+from flower_eec.run.methods.eclm import app_budget, strategy_of
+from flower_eec.run.registry import method as registry_method
+from flower_eec.run.shift import data_at_round
 from flower_eec.strategies.eclm import ECLM, EclmRoundReport
 from flower_eec.topology import Topology
 
@@ -91,11 +98,11 @@ def _corrupting(config: Config) -> Any:
     def client(msg: Message, context: Context) -> Message:
         reply = app(msg, context)
         device = int(context.node_config["partition-id"])  # type: ignore[arg-type]
-        if reply.has_error() or msg.metadata.message_type == "query.describe":
+        if reply.has_error() or msg.metadata.message_type == names.DESCRIBE:
             return reply
         kind = msg.metadata.message_type
-        if kind == "train" and device in (1, 2):
-            arrays = dict(reply.content["arrays"].items())
+        if kind == names.ADAPT and device in (1, 2):
+            arrays = dict(reply.content.array_records[names.ARRAYS].items())
             if device == 1:
                 key = next(iter(arrays))
                 bad = arrays[key].numpy().astype(np.float32).copy()
@@ -103,9 +110,10 @@ def _corrupting(config: Config) -> Any:
                 arrays[key] = Array(bad)
             else:
                 arrays["layers.9.9.conv1.weight"] = Array(np.zeros(3, dtype=np.float32))
-            reply.content["arrays"] = ArrayRecord(arrays)
-        if kind == "query.route" and device == 3:
-            reply.content[USAGE] = ArrayRecord({USAGE: Array(np.ones((2, 2), np.float32))})
+            reply.content[names.ARRAYS] = ArrayRecord(arrays)
+        if kind == names.ROUTE and device == 3:
+            reply.content[names.USAGE] = ArrayRecord(
+                {names.USAGE: Array(np.ones((2, 2), np.float32))})
         return reply
 
     return client
@@ -113,15 +121,10 @@ def _corrupting(config: Config) -> Any:
 
 def test_bad_payloads_fail_their_device_only_and_the_run_goes_on() -> None:
     config = smoke(train={"rounds": 2})
-    data = federated_data(config)
-    model = build_device_model(config, data, "modular")
-    assert isinstance(model, ModularNet)
-    sizes, shared = module_sizes(model)
     reports: list[EclmRoundReport] = []
-    strategy = ECLM(Topology(num_devices=4, num_edges=1), np.array(sizes), shared,
-                    on_round=reports.append, node_wait=5)
+    strategy = strategy_of(config, reports.append)
     grid = LocalGrid(_corrupting(config), 4, {"config-json": to_json(config)})
-    initial = ArrayRecord(model.state_dict())
+    initial = ArrayRecord(strategy.cloud_model().state_dict())
 
     result = strategy.start(grid, initial, num_rounds=2, timeout=60)
 
@@ -136,6 +139,95 @@ def test_bad_payloads_fail_their_device_only_and_the_run_goes_on() -> None:
     # Device 0's update moved the cloud model.
     assert any(not np.array_equal(a.numpy(), initial[k].numpy())
                for k, a in result.arrays.items() if a.numpy().dtype.kind == "f")
+
+
+def test_the_devices_use_exactly_the_strategys_knobs_not_the_run_configs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = smoke(train={"rounds": 2})  # top_k 1, channels 8, lr 0.05, batch 32, eval 200, ...
+    data = federated_data(config)
+    trained: list[tuple[ModularNet, dict[str, Any]]] = []
+    batches: list[tuple[str, int]] = []
+    real_train, real_use = eclm_device.train_modular, eclm_device.module_use
+    real_evaluate = eclm_device.evaluate
+
+    def train_spy(model: ModularNet, images: Any, **kwargs: Any) -> dict[str, float]:
+        trained.append((model, kwargs))
+        return real_train(model, images, **kwargs)
+
+    def use_spy(model: ModularNet, images: Any, batch_size: int = 500) -> np.ndarray:
+        batches.append(("module_use", batch_size))
+        return real_use(model, images, batch_size)
+
+    def evaluate_spy(model: Any, images: Any, batch_size: int = 500) -> dict[str, float]:
+        batches.append(("evaluate", batch_size))
+        return real_evaluate(model, images, batch_size)
+
+    monkeypatch.setattr(eclm_device, "train_modular", train_spy)
+    monkeypatch.setattr(eclm_device, "module_use", use_spy)
+    monkeypatch.setattr(eclm_device, "evaluate", evaluate_spy)
+    reports: list[EclmRoundReport] = []
+    strategy = ECLM(Topology(num_devices=4, num_edges=1), num_classes=data.dataset.num_classes,
+                    in_channels=data.dataset.in_channels, layers=2, modules=3, top_k=2,
+                    channels=4, selector_norm=False, eval_batch_size=13,
+                    train=TrainSettings(lr=0.123, momentum=0.5, weight_decay=1e-3, batch_size=7,
+                                        epochs=2, augment=False, cutout=3, seed=11),
+                    on_round=reports.append, node_wait=5)
+    client = ClientApp()
+    registry_method("eclm").device().register(client)  # our app's device, run config and all
+    grid = LocalGrid(client, 4, {"config-json": to_json(config)})
+
+    strategy.start(grid, ArrayRecord(strategy.cloud_model().state_dict()), num_rounds=2,
+                   timeout=60)
+
+    assert [(r.participants, r.failures) for r in reports] == [(4, 0), (4, 0)]
+    assert len(trained) == 8  # 4 devices x 2 rounds
+    for model, kwargs in trained:
+        assert (model.num_layers, model.num_modules, model.top_k) == (2, 3, 2)
+        assert model.stem[0].out_channels == 4
+        assert not any(isinstance(m, SelectorNorm) for m in model.selector)
+        assert {k: v for k, v in kwargs.items() if k != "generator"} == {
+            "epochs": 2, "batch_size": 7, "lr": 0.123, "momentum": 0.5, "weight_decay": 1e-3,
+            "augmented": False, "cutout": 3, "lb_weight": 0.0}
+    assert ({kwargs["generator"].initial_seed() for _, kwargs in trained}
+            == {round_generator(11, r, d).initial_seed() for r in (1, 2) for d in range(4)})
+    # Routing (8), the adapted sub-model's use (8), accuracy before and after (16).
+    assert sorted(set(batches)) == [("evaluate", 13), ("module_use", 13)]
+    assert [kind for kind, _ in batches].count("module_use") == 16
+    assert [kind for kind, _ in batches].count("evaluate") == 16
+
+
+def test_a_client_app_without_eclms_handlers_fails_fast_naming_them() -> None:
+    config = smoke()
+    client = ClientApp()
+    # A FedAvg app: it answers train and evaluate, not ECLM's messages.
+    WeightsDevice(devices.device_model, devices.train_data, devices.test_data).register(client)
+    strategy = strategy_of(config)
+    grid = LocalGrid(client, 4, {"config-json": to_json(config)})
+
+    with pytest.raises(ProtocolError) as caught:
+        strategy.start(grid, ArrayRecord(strategy.cloud_model().state_dict()), num_rounds=2,
+                       timeout=60)
+
+    assert names.ROUTE in str(caught.value)
+    assert "ECLMDevice(...).register(app)" in str(caught.value)
+    assert "In your own Flower project" in str(caught.value)
+
+
+def test_our_apps_device_shifts_its_data_and_redraws_its_budget_every_round() -> None:
+    # smoke: eclm.shift_every = eclm.budget_every = 1, budgets in [0.3, 0.6] of the full model
+    config = smoke()
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 2, "num-partitions": 4},
+                      state=RecordDict(), run_config={"config-json": to_json(config)})
+    full = sum(p.numel() for p in strategy_of(config).cloud_model().parameters())
+
+    first, second = data_at_round(context, 1), data_at_round(context, 2)
+    budgets = [app_budget(context, r) for r in (1, 2)]
+
+    assert torch.equal(first[0].y, devices.train_data(context).y)  # round 1: the run's shard
+    assert torch.equal(first[1].y, devices.test_data(context).y)
+    assert not torch.equal(second[0].y, first[0].y)  # round 2: a new Dirichlet draw
+    assert all(0.3 * full <= b <= 0.6 * full for b in budgets)
+    assert budgets[0] != budgets[1]
 
 
 @pytest.mark.parametrize(("overrides", "key"), [

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, RecordDict
+from flwr.app import Context, RecordDict, UserConfig
 
 from flower_eec.grid.local import LocalGrid
 
@@ -25,7 +25,8 @@ def existing_app(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-de
 
 def test_standard_client_app_under_hierfedavg(existing_app) -> None:  # type: ignore[no-untyped-def]
     client_app, server_app = existing_app
-    run_config = {"num-rounds": 3, "num-devices": 4, "num-edges": 2, "edge-rounds": 2, "lr": 0.5}
+    run_config: UserConfig = {"num-rounds": 3, "num-devices": 4, "num-edges": 2,
+                              "edge-rounds": 2, "lr": 0.5}
     grid = LocalGrid(client_app.app, num_nodes=4, run_config=run_config)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                       run_config=run_config)

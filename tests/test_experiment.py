@@ -15,11 +15,11 @@ import pytest
 from flwr.app import ArrayRecord
 
 from flower_eec.app.client_app import app
-from flower_eec.run.devices import build_device_model
 from flower_eec.errors import ConfigError
 from flower_eec.grid.local import LocalGrid
 from flower_eec.run import experiment
 from flower_eec.run.config import Config, resolve, to_dict, to_json
+from flower_eec.run.devices import build_device_model
 from flower_eec.run.federated import federated_data
 from flower_eec.run.results import LINKS
 

@@ -9,18 +9,22 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
+from flwr.clientapp import ClientApp
 
-from flower_eec.app import client_app
-from flower_eec.app.client_app import app
 from flower_eec.clients import fedagg as device_side
 from flower_eec.errors import ConfigError
 from flower_eec.grid.local import LocalGrid
+from flower_eec.protocol import names
 from flower_eec.run import experiment
-from flower_eec.run.methods import fedagg as fedagg_methods
 from flower_eec.run.config import Config, resolve, to_json
+from flower_eec.run.federated import federated_data
+from flower_eec.run.methods import fedagg as fedagg_methods
 from flower_eec.strategies import fedagg as server_side
 from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.topology import Topology
+
+app = ClientApp()  # our app's FedAgg device, as the project's ClientApp registers it
+fedagg_methods.app_device().register(app)
 
 
 def smoke(out: Path, **overrides: Any) -> Config:
@@ -66,11 +70,20 @@ def test_no_weights_travel_only_codes_and_logits(three_rounds) -> None:
     assert kinds == {
         ("query.describe", frozenset()), ("query.embed", frozenset()),
         ("query.embed", frozenset({"embeddings"})),
-        ("train", frozenset({"teacher"})), ("train", frozenset({"logits"})),
-        ("evaluate", frozenset()),
+        ("train.distil", frozenset({"teacher"})), ("train.distil", frozenset({"logits"})),
+        ("evaluate.kept", frozenset()),
     }
     embeds = [kind for kind, records in grid.sent if kind == "query.embed"]
     assert len(embeds) == 4  # once per device, in round 1 only
+
+
+def test_devices_evaluate_their_kept_models_unless_told_not_to(tmp_path: Path) -> None:
+    summary, grid = run(smoke(tmp_path, train={"rounds": 1}, eval={"devices": False}),
+                        grid_type=RecordingGrid)
+    assert isinstance(grid, RecordingGrid)
+    kinds = {kind for kind, _ in grid.sent}
+    assert kinds == {names.DESCRIBE, names.EMBED, names.DISTIL}
+    assert "mean_local_accuracy" not in summary["rounds"][0]["devices"]
 
 
 def test_every_round_is_recorded_with_traffic_on_every_link(three_rounds) -> None:
@@ -98,13 +111,16 @@ def test_same_seed_gives_the_same_cloud_model(tmp_path: Path) -> None:
     assert [r["cloud"] for r in other["rounds"]] != [r["cloud"] for r in first["rounds"]]
 
 
-def test_fp16_halves_the_logits_bytes(tmp_path: Path) -> None:
-    full, _ = run(smoke(tmp_path / "a", train={"rounds": 1}))
+def test_fp16_halves_the_logits_and_codes_bytes(tmp_path: Path) -> None:
+    config = smoke(tmp_path / "a", train={"rounds": 1})
+    full, _ = run(config)
     half, _ = run(smoke(tmp_path / "b", train={"rounds": 1}, fedagg={"fp16": True}))
     full_bytes, half_bytes = full["rounds"][0]["comm_bytes"], half["rounds"][0]["comm_bytes"]
-    # logits down: the data halves, the keys and config values stay
-    assert half_bytes["edge_to_device"] < 0.55 * full_bytes["edge_to_device"]
-    assert half_bytes["device_to_edge"] < 0.55 * full_bytes["device_to_edge"]
+    images = sum(len(i) for i in federated_data(config).train_indices)
+    # every float that travels loses two bytes: the teacher's logits down (10 per image), the
+    # device's logits and its codes (4x8x8) up; keys and knobs stay
+    assert full_bytes["edge_to_device"] - half_bytes["edge_to_device"] == images * 10 * 2
+    assert full_bytes["device_to_edge"] - half_bytes["device_to_edge"] == images * 266 * 2
 
 
 def corrupting(device: int, message_type: str, record: str, key: str,
@@ -134,8 +150,8 @@ def label_out_of_range(labels: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("message_type", "record", "key", "change", "reason"), [
-    ("train", "logits", "logits", with_nan, "NaN"),
-    ("train", "logits", "logits", lambda v: v[:-1], "samples"),
+    ("train.distil", "logits", "logits", with_nan, "NaN"),
+    ("train.distil", "logits", "logits", lambda v: v[:-1], "samples"),
     ("query.embed", "embeddings", "labels", label_out_of_range, "outside the range"),
     ("query.embed", "embeddings", "embeddings", lambda v: v[:, :2], "shape"),
 ])
@@ -185,26 +201,34 @@ def build(config: Config, on_round: Any) -> server_side.FedAgg:
 
     initial = ArrayRecord(build_device_model(config, federated_data(config),
                                              config.model.cloud).state_dict())
-    return fedagg_methods.fedagg_strategy(config, initial, topology=experiment.build_topology(config),
-                                      on_round=on_round, evaluate_edges=False)
+    return fedagg_methods.fedagg_strategy(config, initial,
+                                          topology=experiment.build_topology(config),
+                                          on_round=on_round, evaluate_edges=False)
 
 
 def spy_on_passes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int, ...]]]:
     """Record every distillation pass: who learns, on which devices' bridge samples."""
     events: list[tuple[str, tuple[int, ...]]] = []
-    learn, train = server_side.BridgeEdge.learn, device_side.train
+    learn, distil = server_side.BridgeEdge.learn, device_side.FedAggDevice.distil
 
     def server_learns(edge: server_side.BridgeEdge, devices: Any, *args: Any) -> Any:
         events.append((edge.name, tuple(devices)))
         return learn(edge, devices, *args)
 
-    def device_learns(msg: Message, context: Context) -> Message:
+    def device_learns(device: Any, msg: Message, context: Context) -> Message:
         events.append(("device", (int(context.node_config["partition-id"]),)))
-        return train(msg, context)
+        return distil(device, msg, context)
 
     monkeypatch.setattr(server_side.BridgeEdge, "learn", server_learns)
-    monkeypatch.setitem(client_app.TRAIN, "fedagg", device_learns)
+    monkeypatch.setattr(device_side.FedAggDevice, "distil", device_learns)
     return events
+
+
+def spied_app() -> ClientApp:
+    """A ClientApp registered after ``spy_on_passes`` (it binds the patched handler)."""
+    client = ClientApp()
+    fedagg_methods.app_device().register(client)
+    return client
 
 
 def test_parallel_schedule_all_devices_then_edges_then_cloud(tmp_path: Path,
@@ -212,7 +236,7 @@ def test_parallel_schedule_all_devices_then_edges_then_cloud(tmp_path: Path,
     events = spy_on_passes(monkeypatch)
     config = smoke(tmp_path)
     strategy = build(config, on_round=None)
-    grid = LocalGrid(app, 4, {"config-json": to_json(config)})
+    grid = LocalGrid(spied_app(), 4, {"config-json": to_json(config)})
     strategy.start(grid, server_side.state_record(strategy.cloud_model), num_rounds=1)
     assert events == [
         ("device", (0,)), ("device", (1,)), ("device", (2,)), ("device", (3,)),
@@ -227,7 +251,7 @@ def test_sequential_schedule_is_the_demos_depth_first_order(tmp_path: Path,
     events = spy_on_passes(monkeypatch)
     config = smoke(tmp_path, fedagg={"schedule": "sequential"})
     strategy = build(config, on_round=None)
-    grid = LocalGrid(app, 4, {"config-json": to_json(config)})
+    grid = LocalGrid(spied_app(), 4, {"config-json": to_json(config)})
     strategy.start(grid, server_side.state_record(strategy.cloud_model), num_rounds=1)
     assert events == [
         ("device", (0,)), ("edge0", (0,)), ("device", (1,)), ("edge0", (1,)),

@@ -9,24 +9,31 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
 from torch import nn
 
-from flower_eec.app.client_app import app
 from flower_eec.clients import device as device_module
 from flower_eec.clients import fedagg as device_side
-from flower_eec.run.devices import build_device_model
+from flower_eec.clients.device import register
 from flower_eec.core.bsbodp import Distillation, distil_pass
 from flower_eec.core.losses import SKR
 from flower_eec.errors import ConfigError
 from flower_eec.grid.local import LocalGrid
+from flower_eec.models.bridge import load_bridge
+from flower_eec.protocol import names
 from flower_eec.run import experiment
-from flower_eec.run.methods import fedagg as fedagg_methods
 from flower_eec.run.config import Config, resolve, to_json
+from flower_eec.run.devices import build_device_model
 from flower_eec.run.federated import federated_data
+from flower_eec.run.methods import fedagg as fedagg_methods
+from flower_eec.run.methods import weights as weights_methods
 from flower_eec.strategies import FedEEC
 from flower_eec.strategies import fedagg as server_side
 from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.topology import Topology
+
+app = ClientApp()  # our app's FedAgg/FedEEC and HierFAVG devices, as the project's ClientApp
+register(app, fedagg_methods.app_device(), weights_methods.app_device())
 
 
 def smoke(out: Path, **overrides: Any) -> Config:
@@ -38,9 +45,10 @@ def build(config: Config, topology: Topology | None = None,
     torch.manual_seed(config.seed)
     initial = ArrayRecord(build_device_model(config, federated_data(config),
                                              config.model.cloud).state_dict())
-    return fedagg_methods.fedagg_strategy(config, initial,
-                                      topology=topology or experiment.build_topology(config),
-                                      on_round=on_round, evaluate_edges=False)
+    build_strategy = {"fedagg": fedagg_methods.fedagg_strategy,
+                      "fedeec": fedagg_methods.fedeec_strategy}[config.method]
+    return build_strategy(config, initial, topology=topology or experiment.build_topology(config),
+                          on_round=on_round, evaluate_edges=False)
 
 
 def cloud_state(config: Config) -> dict[str, torch.Tensor]:
@@ -123,7 +131,7 @@ def test_config_and_strategy_name_a_bad_skr_mode() -> None:
         resolve(None, {"method": "fedeec", "fedeec": {"skr": "down"}})
     with pytest.raises(ValueError, match="skr must be one of"):
         FedEEC(topology=Topology(2, 1), cloud_model=nn.Linear(1, 1), edge_model=nn.Linear(1, 1),
-               bridge=device_side.bridge_of(""), mean=(0,), std=(1,), skr="down")
+               bridge=load_bridge(), mean=(0,), std=(1,), skr="down")
 
 
 # --- dynamics -------------------------------------------------------------------------------
@@ -136,6 +144,8 @@ class Dynamics:
     def __init__(self, crash_device: int, crash_round: int) -> None:
         self.crash = (crash_device, crash_round)
         self.embedded: list[int] = []
+        self.app = ClientApp()  # registered now, so that a patched handler is the one bound
+        fedagg_methods.app_device().register(self.app)
 
     def __call__(self, msg: Message, context: Context) -> Message:
         device = int(context.node_config["partition-id"])
@@ -143,9 +153,10 @@ class Dynamics:
         sent = msg.content.config_records.get("config")
         if kind == "query.embed":
             self.embedded.append(device)
-        if kind == "train" and sent is not None and (device, sent["server-round"]) == self.crash:
+        if kind == names.DISTIL and sent is not None and (
+                device, sent[names.SERVER_ROUND]) == self.crash:
             raise RuntimeError("device crashed")
-        return app(msg, context)
+        return self.app(msg, context)
 
 
 def test_stores_follow_every_move_and_drop(tmp_path: Path,
@@ -154,14 +165,14 @@ def test_stores_follow_every_move_and_drop(tmp_path: Path,
     topology = Topology(8, 3, seed=5, mobility_rate=0.3, device_dropout=0.2,
                         edge_outages=((1, 3, 4),), orphans="cloud")
     resumed: dict[int, list[bool]] = {}  # per device and training: did it go on from a kept model
-    own_model = device_module.own_model
+    distil = device_side.FedAggDevice.distil
 
-    def watch(config: Config, data: Any, device: int, context: Context) -> Any:
-        resumed.setdefault(device, []).append(
-            device_module.MODEL_STATE in context.state.array_records)
-        return own_model(config, data, device, context)
+    def watch(device: device_side.FedAggDevice, msg: Message, context: Context) -> Message:
+        resumed.setdefault(int(context.node_config["partition-id"]), []).append(
+            device_module.KEPT_MODEL in context.state.array_records)
+        return distil(device, msg, context)
 
-    monkeypatch.setattr(device_side, "own_model", watch)
+    monkeypatch.setattr(device_side.FedAggDevice, "distil", watch)
     members: dict[int, set[int]] = {}
     seen: set[int] = set()
     checked: list[int] = []

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from flower_eec.errors import PayloadError
+from flower_eec.protocol import names
 from flower_eec.protocol.payloads import (
     FEATURES_IN,
     FEATURES_OUT,
     FeaturePayload,
+    FeatureSpec,
     feature_bytes_per_sample,
     features_from_record,
     features_to_record,
@@ -75,3 +77,34 @@ def test_size_limit_and_fp16_overflow() -> None:
         features_to_record(huge, fp16=True)
     with pytest.raises(PayloadError, match="samples"):
         FeaturePayload(np.zeros((2, *IN), np.float32), np.zeros((3, *OUT), np.float32))
+
+
+def test_feature_spec_travels_in_a_config_record_and_reads_batches() -> None:
+    spec = FeatureSpec(IN, OUT, batch=3, fp16=False, max_bytes=10_000)
+    record = ConfigRecord(spec.to_config())
+
+    assert dict(record) == {names.FEATURE_IN_SHAPE: [4, 2, 2], names.FEATURE_OUT_SHAPE: [8, 1, 1],
+                            names.FEATURE_BATCH: 3, names.FEATURE_FP16: False,
+                            names.MAX_FEATURE_BYTES: 10_000}
+    assert FeatureSpec.from_config(record) == spec
+    assert spec.batch_bytes == 3 * (16 + 8) * 4
+    assert spec.read(features_to_record(batch(3), fp16=False)).num_samples == 3
+    with pytest.raises(PayloadError, match="expected 1 to 2"):
+        FeatureSpec(IN, OUT, batch=2).read(features_to_record(batch(3)))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({names.FEATURE_IN_SHAPE: [4.0, 2.0, 2.0]}, "feature-in-shape.*list of int"),
+    ({names.FEATURE_BATCH: True}, "feature-batch.*expected int"),
+    ({names.FEATURE_FP16: 1}, "feature-fp16.*expected bool"),
+    ({names.FEATURE_BATCH: 0}, "not usable: batch=0"),
+    ({names.MAX_FEATURE_BYTES: 100}, "not usable: a batch of 3 takes 144 bytes"),
+])
+def test_a_bad_feature_spec_in_a_message_is_a_payload_error(change: dict, message: str) -> None:
+    config = {**FeatureSpec(IN, OUT, batch=3).to_config(), **change}
+    with pytest.raises(PayloadError, match=message):
+        FeatureSpec.from_config(config)
+    missing = FeatureSpec(IN, OUT, batch=3).to_config()
+    del missing[names.MAX_FEATURE_BYTES]
+    with pytest.raises(PayloadError, match="max-feature-bytes"):
+        FeatureSpec.from_config(missing)

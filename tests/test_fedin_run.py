@@ -12,15 +12,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, Context, Message
+from flwr.app import Array, ConfigRecord, Context, Message
 
 from flower_eec.app.client_app import app
-from flower_eec.clients.fedin import FEATURES, feature_spec
 from flower_eec.errors import ConfigError
 from flower_eec.grid.local import LocalGrid
+from flower_eec.protocol import names
+from flower_eec.protocol.names import FEATURES
 from flower_eec.run import experiment
 from flower_eec.run.config import Config, resolve, to_json
 from flower_eec.run.federated import federated_data
+from flower_eec.run.methods.fedin import feature_spec, train_settings
 
 DEPTHS = ["resnet10", "resnet18", "resnet26"]
 
@@ -107,14 +109,25 @@ def test_hierarchical_with_one_edge_round_equals_flat(runs: dict) -> None:
 
 
 def test_heteroavg_on_one_depth_is_fedavg(tmp_path: Path) -> None:
-    hetero = run(smoke("heteroavg", tmp_path / "h", fedin={"depths": ["resnet10"]}))
+    config = smoke("heteroavg", tmp_path / "h", fedin={"depths": ["resnet10"]})
+    hetero = run(config)
     fedavg = run(smoke("fedavg", tmp_path / "f", model={
         "device": "resnet10", "edge": "resnet10", "cloud": "resnet10", "stem": "imagenet",
         "width": 0.125}))
+    # The same weights and training knobs travel; HeteroAvg's train messages also say that no
+    # features are sent, and its evaluate messages carry the batch size (FedAvg's nothing).
+    train = train_settings(config).to_config()
+    knob_bytes = (ConfigRecord({**train, names.SEND_FEATURES: False,
+                                "server-round": 1}).count_bytes()
+                  - ConfigRecord({**train, "server-round": 1}).count_bytes()
+                  + ConfigRecord({names.EVAL_BATCH_SIZE: config.eval.batch_size,
+                                  "server-round": 1}).count_bytes()
+                  - ConfigRecord({"server-round": 1}).count_bytes())
 
     for h, f in zip(hetero["rounds"], fedavg["rounds"], strict=True):
         assert h["cloud"]["loss"] == pytest.approx(f["cloud"]["loss"], abs=1e-5)
-        assert h["comm_bytes"]["cloud_to_device"] == f["comm_bytes"]["cloud_to_device"]
+        assert (h["comm_bytes"]["cloud_to_device"]
+                == f["comm_bytes"]["cloud_to_device"] + 4 * knob_bytes)
 
 
 def test_a_bad_feature_batch_fails_its_device_only(tmp_path: Path) -> None:

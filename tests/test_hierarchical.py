@@ -9,6 +9,7 @@ cloud: (3*(w + 2/3) + 7*(w + 18/7))/10 = w + 2.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +24,8 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp.strategy import FedAvg, Result, Strategy
+from flwr.clientapp import ClientApp
+from flwr.serverapp.strategy import FedAvg, FedProx, Result, Strategy
 
 from flower_eec.errors import ConfigError
 from flower_eec.grid.local import LocalGrid
@@ -53,6 +55,8 @@ class FakeDevices:
 
     broken: dict[int, Callable[[Message, int], Message]] = field(default_factory=dict)
     describe: Callable[[int], int] | None = lambda pid: pid
+    examples: Callable[[int], int] = lambda pid: pid + 1
+    loss: Callable[[int], float] | None = None  # a train metric, when given
     received: list[tuple[str, int, dict]] = field(default_factory=list)
 
     def __call__(self, message: Message, context: Context) -> Message:
@@ -70,13 +74,18 @@ class FakeDevices:
             return Message(RecordDict({"metrics": metrics}), reply_to=message)
         if pid in self.broken:
             return self.broken[pid](message, pid)
-        return train_reply(message, w(message.content.array_records["arrays"]) + pid, pid + 1)
+        extra = {} if self.loss is None else {"loss": self.loss(pid)}
+        return train_reply(message, w(message.content.array_records["arrays"]) + pid,
+                           self.examples(pid), **extra)
 
     def nodes(self, kind: str) -> list[int]:
         return [node for k, node, _ in self.received if k == kind]
 
     def train_rounds(self) -> list[int]:
-        return [int(config["server-round"]) for k, _, config in self.received if k == "train"]
+        return self.rounds("train")
+
+    def rounds(self, kind: str) -> list[int]:
+        return [int(config["server-round"]) for k, _, config in self.received if k == kind]
 
 
 def train_reply(message: Message, values: np.ndarray, examples: float,
@@ -329,13 +338,53 @@ def test_devices_are_placed_by_the_partition_id_they_describe() -> None:
     assert sorted(r.devices.nodes("query.describe")) == [1000, 1001, 1002, 1003]
 
 
-def test_without_describe_devices_are_placed_by_sorted_node_id() -> None:
-    r = run(FakeDevices(describe=None))
+def test_without_describe_devices_are_placed_by_sorted_node_id(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        r = run(FakeDevices(describe=None))
 
     assert r.strategy.node_of == {0: 1000, 1: 1001, 2: 1002, 3: 1003}
     np.testing.assert_allclose(r.edge(0), W0 + 2 / 3, rtol=0, atol=1e-6)
     np.testing.assert_allclose(r.cloud, W0 + 2, rtol=0, atol=1e-6)
     assert r.reports[0].failures == 0
+    # One node is asked; its error reply gives one INFO line, not one error per node.
+    assert r.devices.nodes("query.describe") == [1000]
+    lines = [rec for rec in caplog.records if "query.describe" in rec.getMessage()]
+    assert [rec.levelno for rec in lines] == [logging.INFO]
+    assert "does not answer query.describe (error reply: RuntimeError: no describe handler)" in (
+        lines[0].getMessage())
+
+
+def test_a_clientapp_without_a_describe_handler_is_named_as_such(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A real ClientApp without the handler: Flower's own error, as a standard app gives it.
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return train_reply(msg, w(msg.content.array_records["arrays"]) + 1, 1)
+
+    strategy = Hierarchical(edge=edge_fedavg(), topology=Topology(num_devices=4, num_edges=2),
+                            node_wait=0.01)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        result = strategy.start(LocalGrid(app, 4), initial(), num_rounds=1)
+
+    np.testing.assert_allclose(w(result.arrays), W0 + 1, rtol=0, atol=1e-6)
+    assert [rec.getMessage() for rec in caplog.records if "describe" in rec.getMessage()] == [
+        "The ClientApp does not answer query.describe (it has no handler for it): placing 4 "
+        "devices by sorted node id"]
+
+
+def test_discover_false_sends_no_describe() -> None:
+    devices = FakeDevices()
+    strategy = Hierarchical(edge=edge_fedavg(), topology=Topology(num_devices=4, num_edges=2),
+                            node_wait=0.01, discover=False)
+
+    result = strategy.start(LocalGrid(devices, 4), initial(), num_rounds=1)
+
+    assert devices.nodes("query.describe") == []
+    assert strategy.node_of == {0: 1000, 1: 1001, 2: 1002, 3: 1003}
+    np.testing.assert_allclose(w(result.arrays), W0 + 2, rtol=0, atol=1e-6)
 
 
 def test_a_duplicate_partition_id_falls_back_to_sorted_node_id() -> None:
@@ -433,16 +482,20 @@ def test_an_edge_strategy_instance_is_copied_per_edge() -> None:
     assert len({id(s) for s in strategy.edges.values()}) == 3
 
 
-def test_an_edge_below_its_strategys_minimum_sits_out() -> None:
+def test_an_edge_below_its_strategys_minimum_sits_out(caplog: pytest.LogCaptureFixture) -> None:
     # FedAvg's default min_available_nodes is 2: an edge with one online device sits out.
     topology = Topology(num_devices=3, num_edges=2)  # edge 0: devices 0, 1; edge 1: device 2
     edge = FedAvg(min_train_nodes=1, fraction_evaluate=0.0)
 
-    r = run(topology=topology, edge=edge, num_nodes=3)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        r = run(topology=topology, edge=edge, num_nodes=3)
 
     assert sorted(r.devices.nodes("train")) == [1000, 1001]
     np.testing.assert_allclose(r.cloud, W0 + 2 / 3, rtol=0, atol=1e-6)
     assert r.reports[0].edges[1] == {"edge": 1, "examples": 0.0}
+    assert sit_out_lines(caplog) == [
+        "Edge 1 sits out round 1: 1 online devices, fewer than its strategy's minimum for "
+        "train (2)"]
 
 
 def test_hierfedavg_is_hierarchical_over_fedavg() -> None:
@@ -473,7 +526,7 @@ def test_server_side_evaluation_of_cloud_and_edges() -> None:
     devices = FakeDevices()
     reports: list[RoundReport] = []
     strategy = Hierarchical(edge=edge_fedavg(), topology=Topology(num_devices=4, num_edges=2),
-                            on_round=reports.append, node_wait=0.01)
+                            evaluate_edges=True, on_round=reports.append, node_wait=0.01)
     result = strategy.start(LocalGrid(devices, 4), initial(), num_rounds=1,
                             evaluate_fn=evaluate_fn)
 
@@ -483,6 +536,9 @@ def test_server_side_evaluation_of_cloud_and_edges() -> None:
     assert report.edges[0]["accuracy"] == pytest.approx(base + 4 / 3, abs=1e-5)
     assert report.edges[1]["accuracy"] == pytest.approx(base + 36 / 7, abs=1e-5)
     assert dict(result.evaluate_metrics_serverapp[1])["accuracy"] == pytest.approx(base + 4)
+    # Round 0 is the initial model, as in Flower's Strategy.start.
+    assert dict(result.evaluate_metrics_serverapp[0]) == pytest.approx(
+        {"accuracy": base, "round": 0})
 
 
 def test_evaluate_every_skips_rounds_but_not_the_last() -> None:
@@ -497,8 +553,8 @@ def test_evaluate_every_skips_rounds_but_not_the_last() -> None:
     result = strategy.start(LocalGrid(FakeDevices(), 4), initial(), num_rounds=3,
                             evaluate_fn=evaluate_fn)
 
-    assert seen == [2, 3]
-    assert sorted(result.evaluate_metrics_serverapp) == [2, 3]
+    assert seen == [0, 2, 3]
+    assert sorted(result.evaluate_metrics_serverapp) == [0, 2, 3]
 
 
 def test_device_evaluation_is_the_example_weighted_mean() -> None:
@@ -509,3 +565,221 @@ def test_device_evaluation_is_the_example_weighted_mean() -> None:
     [report] = r.reports
     assert report.device_metrics == pytest.approx({"accuracy": 0.2, "num-examples": 10})
     assert dict(r.result.evaluate_metrics_clientapp[1])["accuracy"] == pytest.approx(0.2)
+
+
+# --- Flower's Strategy contract ---------------------------------------------------------------
+
+
+def sit_out_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [rec.getMessage() for rec in caplog.records if "sits out" in rec.getMessage()]
+
+
+def test_train_metrics_of_two_edges_are_weighted_by_their_examples() -> None:
+    # Edge 0 holds device 0 (1 example, loss 0), edge 1 device 1 (3 examples, loss 2): the merged
+    # loss is (1*0 + 3*2)/4 = 1.5 (equal weights would give 1.0); the cloud (1*w + 3*(w + 1))/4.
+    devices = FakeDevices(examples=lambda pid: 2 * pid + 1, loss=lambda pid: 2.0 * pid)
+
+    r = run(devices, topology=Topology(num_devices=2, num_edges=2), num_nodes=2)
+
+    assert dict(r.result.train_metrics_clientapp[1]) == pytest.approx(
+        {"loss": 1.5, "num-examples": 4})
+    np.testing.assert_allclose(r.cloud, W0 + 0.75, rtol=0, atol=1e-6)
+
+
+def test_flowers_own_loop_drives_hierarchical_as_its_own_start_does() -> None:
+    # Strategy.start is Flower's loop: configure_train, aggregate_train, configure_evaluate,
+    # aggregate_evaluate, evaluate_fn. One such round is one edge round plus the cloud step.
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        return MetricRecord({"sum": float(w(arrays).sum())})
+
+    def make() -> tuple[Hierarchical, FakeDevices]:
+        strategy = Hierarchical(edge=edge_fedavg(fraction_evaluate=1.0),
+                                topology=Topology(num_devices=4, num_edges=2), node_wait=0.01)
+        return strategy, FakeDevices(loss=lambda pid: float(pid))
+
+    ours, our_devices = make()
+    flowers, flower_devices = make()
+    mine = ours.start(LocalGrid(our_devices, 4), initial(), num_rounds=2, timeout=5.0,
+                      evaluate_fn=evaluate_fn)
+    theirs = Strategy.start(flowers, LocalGrid(flower_devices, 4), initial(), num_rounds=2,
+                            timeout=5.0, evaluate_fn=evaluate_fn)
+
+    np.testing.assert_allclose(w(theirs.arrays), W0 + 4, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(w(theirs.arrays), w(mine.arrays), rtol=0, atol=1e-6)
+    # loss d over d + 1 examples: edge 0 2/3 over 3, edge 1 18/7 over 7, merged 20/10 = 2.
+    for result in (mine, theirs):
+        assert sorted(result.train_metrics_clientapp) == [1, 2]
+        assert dict(result.train_metrics_clientapp[2]) == pytest.approx(
+            {"loss": 2.0, "num-examples": 10})
+        assert dict(result.evaluate_metrics_clientapp[2]) == pytest.approx(
+            {"accuracy": 0.2, "num-examples": 10})
+        assert sorted(result.evaluate_metrics_serverapp) == [0, 1, 2]
+    assert flower_devices.train_rounds() == our_devices.train_rounds() == [1] * 4 + [2] * 4
+    assert flower_devices.rounds("evaluate") == [1] * 4 + [2] * 4
+
+
+def test_aggregate_train_groups_hand_made_replies_by_edge() -> None:
+    strategy = Hierarchical(edge=edge_fedavg(), topology=Topology(num_devices=4, num_edges=2),
+                            node_wait=0.01)
+    strategy.place(LocalGrid(FakeDevices(), 4))
+    sent = {d: Message(RecordDict(), dst_node_id=1000 + d, message_type="train")
+            for d in range(4)}
+    stranger = Message(RecordDict(), dst_node_id=77, message_type="train")
+    replies = [train_reply(sent[d], W0 + d, d + 1) for d in (3, 0, 2, 1)]
+    replies.append(train_reply(stranger, W0 + 100, 1000))  # not a placed node: left out
+
+    arrays, metrics = strategy.aggregate_train(1, replies)
+
+    assert arrays is not None
+    np.testing.assert_allclose(w(arrays), W0 + 2, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(w(strategy.edge_arrays[0]), W0 + 2 / 3, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(w(strategy.edge_arrays[1]), W0 + 18 / 7, rtol=0, atol=1e-6)
+    assert dict(metrics or {}) == {"num-examples": 10}
+
+
+def test_aggregate_train_without_usable_replies_returns_nothing() -> None:
+    strategy = Hierarchical(edge=edge_fedavg(), topology=Topology(num_devices=4, num_edges=2),
+                            node_wait=0.01)
+    strategy.place(LocalGrid(FakeDevices(), 4))
+    message = Message(RecordDict(), dst_node_id=1000, message_type="train")
+
+    assert strategy.aggregate_train(1, [nan_reply(message, 0)]) == (None, None)
+
+
+def test_evaluate_edge_fn_sees_the_edges_and_evaluate_fn_only_the_cloud() -> None:
+    cloud_calls: list[tuple[int, float]] = []
+    edge_calls: list[tuple[int, int, float]] = []
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        cloud_calls.append((server_round, float(w(arrays).sum())))
+        return MetricRecord({"accuracy": 0.5})
+
+    def evaluate_edge_fn(server_round: int, edge: int, arrays: ArrayRecord) -> MetricRecord:
+        edge_calls.append((server_round, edge, float(w(arrays).sum())))
+        return MetricRecord({"accuracy": edge / 4})
+
+    reports: list[RoundReport] = []
+    strategy = Hierarchical(edge=edge_fedavg(), topology=Topology(num_devices=4, num_edges=2),
+                            on_round=reports.append, node_wait=0.01,
+                            evaluate_edge_fn=evaluate_edge_fn)
+    result = strategy.start(LocalGrid(FakeDevices(), 4), initial(), num_rounds=1,
+                            evaluate_fn=evaluate_fn)
+
+    base = float(W0.sum())
+    assert [r for r, _ in cloud_calls] == [0, 1]
+    assert [s for _, s in cloud_calls] == pytest.approx([base, base + 4])
+    assert [(r, e) for r, e, _ in edge_calls] == [(1, 0), (1, 1)]
+    assert [s for _, _, s in edge_calls] == pytest.approx([base + 4 / 3, base + 36 / 7])
+    assert [entry["accuracy"] for entry in reports[0].edges] == [0.0, 0.25]
+    assert sorted(result.evaluate_metrics_serverapp) == [0, 1]
+    assert [report.round for report in reports] == [1]  # round 0 makes no report
+
+
+def test_evaluate_fn_alone_sees_only_the_cloud_by_default() -> None:
+    seen: list[int] = []
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> None:
+        seen.append(server_round)
+
+    strategy = Hierarchical(edge=edge_fedavg(), topology=Topology(num_devices=4, num_edges=2),
+                            node_wait=0.01)
+    result = strategy.start(LocalGrid(FakeDevices(), 4), initial(), num_rounds=2,
+                            evaluate_fn=evaluate_fn)
+
+    assert seen == [0, 1, 2]
+    assert result.evaluate_metrics_serverapp == {}
+
+
+def test_devices_see_the_edge_round_in_train_and_evaluate() -> None:
+    devices = FakeDevices()
+
+    run(devices, rounds=2, edge_rounds=2, edge=edge_fedavg(fraction_evaluate=1.0))
+
+    assert devices.train_rounds() == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    # Evaluation after cloud round r follows its last edge round, r * edge_rounds.
+    assert devices.rounds("evaluate") == [2] * 4 + [4] * 4
+
+
+def test_hierfedavg_gives_fedavgs_options_to_every_edge() -> None:
+    calls: list[int] = []
+
+    def train_metrics(records: list[RecordDict], key: str) -> MetricRecord:
+        calls.append(len(records))
+        return MetricRecord({"replies": len(records)})
+
+    devices = FakeDevices()
+    strategy = HierFedAvg(topology=Topology(num_devices=4, num_edges=2), fraction_train=0.5,
+                          min_available_nodes=2, fraction_evaluate=0.5,
+                          train_metrics_aggr_fn=train_metrics, node_wait=0.01)
+
+    result = strategy.start(LocalGrid(devices, 4), initial(), num_rounds=1)
+
+    for edge in strategy.edges.values():
+        assert type(edge) is FedAvg
+        assert (edge.fraction_train, edge.fraction_evaluate) == (0.5, 0.5)
+        assert (edge.min_train_nodes, edge.min_evaluate_nodes, edge.min_available_nodes) == (
+            1, 1, 2)
+        assert edge.train_metrics_aggr_fn is train_metrics
+    # Half of each edge's two devices: one per edge trains, and one per edge evaluates.
+    trained = devices.nodes("train")
+    assert len(trained) == 2
+    assert {(node - 1000) // 2 for node in trained} == {0, 1}
+    assert len(devices.nodes("evaluate")) == 2
+    assert calls == [1, 1]
+    assert dict(result.train_metrics_clientapp[1])["replies"] == 1
+
+
+def test_hierfedavg_minimums_apply_per_edge(caplog: pytest.LogCaptureFixture) -> None:
+    devices = FakeDevices()
+    strategy = HierFedAvg(topology=Topology(num_devices=4, num_edges=2), min_train_nodes=3,
+                          evaluate_devices=False, node_wait=0.01)
+
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        result = strategy.start(LocalGrid(devices, 4), initial(), num_rounds=1)
+
+    assert devices.nodes("train") == []
+    np.testing.assert_array_equal(w(result.arrays), W0)
+    assert sit_out_lines(caplog) == [
+        f"Edge {e} sits out round 1: 2 online devices, fewer than its strategy's minimum for "
+        "train (3)" for e in (0, 1)]
+
+
+def test_the_banner_names_each_edges_strategy(caplog: pytest.LogCaptureFixture) -> None:
+    def factory(group: int) -> Strategy:
+        if group == 1:
+            return FedProx(min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0)
+        return edge_fedavg()
+
+    topology = Topology(num_devices=4, num_edges=2, orphans="cloud")
+    strategy = Hierarchical(edge=factory, topology=topology)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        strategy.summary()
+
+    lines = [rec.getMessage() for rec in caplog.records if "──>" in rec.getMessage()]
+    assert lines == ["\t├──> Hierarchical: 2 edges, 4 devices, 1 edge rounds per cloud round",
+                     "\t├──> edge 0: FedAvg",
+                     "\t├──> edge 1: FedProx",
+                     "\t└──> cloud-attached devices: FedAvg"]
+
+
+def test_an_edge_that_sits_out_is_logged_once_per_round_with_its_reason(
+        caplog: pytest.LogCaptureFixture) -> None:
+    topology = Topology(num_devices=4, num_edges=2, edge_outages=((0, 1, 1),))
+
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        run(topology=topology, rounds=2, edge_rounds=2, edge=edge_fedavg(fraction_evaluate=1.0))
+
+    # Two edge rounds and an evaluation in round 1, one line; round 2 the edge is back.
+    assert sit_out_lines(caplog) == [
+        "Edge 0 sits out round 1: the edge is offline (its devices sit it out too)"]
+    assert all(rec.levelno == logging.INFO for rec in caplog.records
+               if "sits out" in rec.getMessage())
+
+
+def test_an_edge_whose_devices_all_fail_is_logged_as_sitting_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        run(FakeDevices(broken={0: raises, 1: nan_reply}))
+
+    assert sit_out_lines(caplog) == [
+        "Edge 0 sits out round 1: none of its devices sent a usable reply"]

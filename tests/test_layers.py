@@ -22,7 +22,8 @@ def _imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text())
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("flower_eec"):
+        if (isinstance(node, ast.ImportFrom) and node.module
+                and node.module.startswith("flower_eec")):
             if node.module == "flower_eec":
                 found += [f"flower_eec.{alias.name}" for alias in node.names]
             else:
@@ -33,7 +34,8 @@ def _imports(path: Path) -> list[str]:
 
 
 def _modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+    return sorted(p for p in PACKAGE.rglob("*.py")
+                  if p.name != "__init__.py" or p.parent != PACKAGE)
 
 
 def test_every_module_belongs_to_a_layer() -> None:

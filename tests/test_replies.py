@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
 import numpy as np
 import pytest
 from flwr.app import (
@@ -37,10 +40,9 @@ def good_content(**metrics: float) -> dict:
 
 
 def metrics_with(weight: object) -> RecordDict:
-    record = MetricRecord({"num-examples": 1})
-    # Flower's MetricRecord refuses bools; write past its check to mimic a payload that slipped by.
-    record.__dict__["_data"]["num-examples"] = weight
-    return RecordDict({"metrics": record})
+    # Flower's MetricRecord refuses such values: a stand-in content holds them, as a payload
+    # that slipped past Flower's checks would.
+    return cast(RecordDict, SimpleNamespace(metric_records={"metrics": {"num-examples": weight}}))
 
 
 def test_a_valid_reply_has_no_problem() -> None:

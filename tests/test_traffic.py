@@ -165,4 +165,5 @@ def test_the_grid_underneath_is_visible_through_the_meter() -> None:
     grid = MeteredGrid(local)
 
     assert list(grid.get_node_ids()) == [1000, 1001, 1002]
+    assert [node.node_id for node in grid.get_nodes()] == [1000, 1001, 1002]
     assert grid.run is local.run

@@ -3,18 +3,7 @@
 from flwr.clientapp import ClientApp
 
 from flower_eec.clients.device import register
-from flower_eec.run.registry import methods
+from flower_eec.run.registry import client_devices
 
 app = ClientApp()
-
-
-def _devices() -> list:
-    """One device per protocol (methods that share a device class share its handlers)."""
-    chosen: dict[type, object] = {}
-    for entry in methods().values():
-        device = entry.device()
-        chosen.setdefault(type(device), device)
-    return list(chosen.values())
-
-
-register(app, *_devices())  # type: ignore[arg-type]
+register(app, *client_devices())

@@ -9,8 +9,7 @@ The user's functions give the device its model and data from its ``Context`` (no
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -20,11 +19,14 @@ from torch import nn
 from flower_eec.core.learning import Images
 from flower_eec.errors import PayloadError
 from flower_eec.protocol import names
+from flower_eec.protocol.knobs import Knobs, TrainSettings
+
+__all__ = ["Device", "Knobs", "TrainSettings", "partition_id", "register", "reply",
+           "round_generator"]
 
 ModelFn = Callable[[Context], nn.Module]
 DataFn = Callable[[Context], Images]
 Handler = Callable[[Message, Context], Message]
-T = TypeVar("T", int, float, bool, str)
 KEPT_MODEL = "model"  # context.state key of the model a device keeps between rounds
 
 
@@ -36,75 +38,6 @@ def partition_id(context: Context) -> int:
             f"this node has no '{names.PARTITION_ID}' in its node config; start the SuperNode with "
             f"--node-config \"partition-id=<i> num-partitions=<N>\" (simulation sets it itself)")
     return int(value)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """The ``config`` record of a received message, read with its types checked.
-
-    A missing or mistyped knob is a ``PayloadError`` naming it: the strategy and the device
-    disagree on the protocol, and guessing a default would hide it.
-    """
-
-    record: ConfigRecord
-
-    @classmethod
-    def of(cls, msg: Message) -> Knobs:
-        """The knobs of ``msg`` (an empty record when it carries none)."""
-        return cls(msg.content.config_records.get(names.CONFIG, ConfigRecord()))
-
-    def get(self, key: str, kind: type[T]) -> T:
-        """The value of ``key`` as ``kind`` (an int is accepted where a float is asked for)."""
-        if key not in self.record:
-            raise PayloadError(f"the message's '{names.CONFIG}' record lacks '{key}'; the "
-                               f"strategy that sent it does not speak this device's protocol")
-        value = self.record[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)  # type: ignore[return-value]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise PayloadError(f"knob '{key}' is {value!r}, expected {kind.__name__}")
-        return value
-
-    def floats(self, key: str) -> list[float]:
-        """A list-of-numbers knob."""
-        value = self.record.get(key)
-        if not isinstance(value, list) or not all(isinstance(v, (int, float)) for v in value):
-            raise PayloadError(f"knob '{key}' is {value!r}, expected a list of numbers")
-        return [float(v) for v in value]  # type: ignore[arg-type]
-
-    @property
-    def server_round(self) -> int:
-        """The round the message belongs to."""
-        return self.get(names.SERVER_ROUND, int)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How a device trains, as the strategy sends it (every field is a knob of the message)."""
-
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    epochs: int = 1
-    augment: bool = True
-    cutout: int = 0
-    seed: int = 0
-
-    def to_config(self) -> dict[str, Any]:
-        """The knobs as ``config`` record entries."""
-        return {"lr": self.lr, "momentum": self.momentum, "weight-decay": self.weight_decay,
-                "batch-size": self.batch_size, "local-epochs": self.epochs,
-                "augment": self.augment, "cutout": self.cutout, "seed": self.seed}
-
-    @classmethod
-    def from_knobs(cls, knobs: Knobs) -> TrainSettings:
-        """Inverse of ``to_config``."""
-        return cls(lr=knobs.get("lr", float), momentum=knobs.get("momentum", float),
-                   weight_decay=knobs.get("weight-decay", float),
-                   batch_size=knobs.get("batch-size", int), epochs=knobs.get("local-epochs", int),
-                   augment=knobs.get("augment", bool), cutout=knobs.get("cutout", int),
-                   seed=knobs.get("seed", int))
 
 
 def round_generator(seed: int, server_round: int, device: int) -> torch.Generator:
@@ -139,7 +72,7 @@ class Device:
         Where the model trains.
     """
 
-    handlers: dict[str, str] = {}
+    handlers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, model_fn: ModelFn, train_data_fn: DataFn,
                  test_data_fn: DataFn | None = None, *, torch_device: str = "cpu") -> None:

@@ -1,60 +1,172 @@
-"""What an ECLM device does: report its module use and budget, then adapt its sub-model locally.
+"""The device side of ECLM: report module use and budget, then adapt the sub-model the cloud sends.
 
-ECLM (ALGORITHMS.md, section 5). The device's data follows the shift schedule (a new Dirichlet draw
-every ``eclm.shift_every`` rounds) and its budget fluctuates (``eclm.budget_*``): our
-reconstruction of the paper's data-distribution shifts and resource fluctuations.
+ECLM (ALGORITHMS.md, section 5). The cloud owns the modular model: every message carries its shape
+(and, for ``train.adapt``, the modules of the device's sub-model), so a device needs no model of its
+own, only its data and its budget. Both may change over rounds (the paper's data-distribution
+shifts and resource fluctuations): the device answers for the round the message names.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message
+from torch import nn
 
-from flower_eec.clients.device import Device, round_generator
-from flower_eec.core.eclm_math import device_budget, shift_epoch
+from flower_eec.clients.device import (
+    DataFn,
+    Device,
+    Knobs,
+    TrainSettings,
+    partition_id,
+    reply,
+    round_generator,
+)
 from flower_eec.core.eclm_training import module_use, train_modular
-from flower_eec.core.learning import evaluate
+from flower_eec.core.learning import Images, evaluate
 from flower_eec.errors import PayloadError
-from flower_eec.models import count_parameters
 from flower_eec.models.modular import SELECTOR_PREFIX, ModularNet
-from flower_eec.run.config import Config
-from flower_eec.run.devices import build_device_model, device_setup
-from flower_eec.run.federated import FederatedData
-from flower_eec.run.shift import shifted
+from flower_eec.protocol import names
 
-ROUTE = "query.route"  # server -> device: stem + selector; reply: module-use histogram, budget
-SUBMODEL = "eclm"  # ConfigRecord of a train message naming the sub-model's modules per layer
-USAGE = "usage"
+BudgetFn = Callable[[Context, int], int]
+DataAtRoundFn = Callable[[Context, int], tuple[Images, Images | None]]
 
 
-def layer_key(layer: int) -> str:
-    """ConfigRecord key listing the modules of ``layer`` in a sub-model."""
-    return f"layer-{layer}"
+def _modular_family(context: Context) -> nn.Module:
+    # What ``query.describe`` names; the shape of every sub-model comes with each message.
+    return ModularNet()
 
 
-def current_data(config: Config, data: FederatedData, server_round: int) -> FederatedData:
-    """The devices' data at ``server_round`` under the shift schedule."""
-    epoch = shift_epoch(server_round, config.eclm.shift_every)
-    d = config.data
-    return shifted(data, epoch, alpha=d.alpha, seed=config.seed, min_size=d.min_size,
-                   local_test_size=d.local_test_size)
+def data_version(images: Images) -> int:
+    """A checksum of ``images`` (pixels and labels): it changes when the device's data does."""
+    pixels = np.ascontiguousarray(images.x.cpu().numpy())
+    labels = np.ascontiguousarray(images.y.cpu().numpy())
+    return zlib.crc32(labels.tobytes(), zlib.crc32(pixels.tobytes()))
 
 
-def budget_of(config: Config, data: FederatedData, device: int, server_round: int) -> int:
-    """The device's budget (max sub-model parameters) at ``server_round``."""
-    full = count_parameters(build_device_model(config, data, "modular"))
-    e = config.eclm
-    return device_budget(full, device, server_round, seed=config.seed, low=e.budget_low,
-                         high=e.budget_high, every=e.budget_every)
+class ECLMDevice(Device):
+    """An ECLM device: answers ``query.route`` and ``train.adapt`` with its own data.
+
+    ``query.route`` carries the cloud's stem and selector; the device replies with its module-use
+    histogram on its current training data (``usage``, ``(L, M)``), its example count, its budget
+    and a checksum of its data (the cloud re-derives the sub-model when either changes).
+    ``train.adapt`` carries the device's sub-model; the device trains it with the selector frozen
+    (cross-entropy only) and replies with everything but the selector, with the routing mass of
+    each module (``usage``, flat, ``L * M``) and, when it has test data, its local accuracy before
+    and after adapting.
+
+    Every knob comes with the message (``config`` record; the source is ``ECLM``'s constructor):
+    the model's shape (``num-classes``, ``in-channels``, ``layers``, ``modules``, ``top-k``,
+    ``channels``, ``selector-norm``), ``eval-batch-size``, ``server-round``, and for
+    ``train.adapt`` the sub-model's modules (``layer-<l>``) and the ``TrainSettings`` knobs. So
+    the device takes no model function: the cloud decides the model and each sub-model.
+
+    Parameters
+    ----------
+    train_data_fn : Callable[[Context], Images]
+        This node's training data (what ``query.describe`` counts; every round's data too,
+        unless ``data_at_round_fn`` is given).
+    test_data_fn : Callable[[Context], Images], optional
+        This node's test data: local accuracy before and after adapting (default: none reported).
+    budget_fn : Callable[[Context, int], int]
+        The largest sub-model this node can take at a round, in parameters (a local setting:
+        memory, battery, load). Called with the round of each ``query.route``.
+    data_at_round_fn : Callable[[Context, int], tuple[Images, Images | None]], optional
+        This node's ``(train, test)`` data at a round, for data that shifts over time; replaces
+        ``train_data_fn`` and ``test_data_fn`` in ``query.route`` and ``train.adapt``.
+    torch_device : str (default: "cpu")
+        Where the sub-model runs.
+    """
+
+    handlers: ClassVar[dict[str, str]] = {names.ROUTE: "route", names.ADAPT: "adapt"}
+
+    def __init__(self, train_data_fn: DataFn, test_data_fn: DataFn | None = None, *,
+                 budget_fn: BudgetFn, data_at_round_fn: DataAtRoundFn | None = None,
+                 torch_device: str = "cpu") -> None:
+        super().__init__(_modular_family, train_data_fn, test_data_fn, torch_device=torch_device)
+        self.budget_fn = budget_fn
+        self.data_at_round_fn = data_at_round_fn
+
+    def data_at(self, context: Context, server_round: int) -> tuple[Images, Images | None]:
+        """``(train, test)`` data at ``server_round`` (test is None when the device has none)."""
+        if self.data_at_round_fn is not None:
+            return self.data_at_round_fn(context, server_round)
+        test = self.test_data_fn(context) if self.test_data_fn is not None else None
+        return self.train_data_fn(context), test
+
+    def submodel(self, knobs: Knobs, kept: Sequence[Sequence[int]] | None = None) -> ModularNet:
+        """The modular model the message describes (``kept``: its modules per layer; all if None),
+        on ``torch_device``."""
+        model = ModularNet(knobs.get(names.NUM_CLASSES, int), knobs.get(names.IN_CHANNELS, int),
+                           layers=knobs.get(names.LAYERS, int),
+                           modules=knobs.get(names.MODULES, int),
+                           top_k=knobs.get(names.TOP_K, int),
+                           channels=knobs.get(names.CHANNELS, int), kept=kept,
+                           selector_norm=knobs.get(names.SELECTOR_NORM, bool))
+        return model.to(self.torch_device)
+
+    def route(self, msg: Message, context: Context) -> Message:
+        """``query.route``: module use of the received stem and selector on the current data."""
+        knobs = Knobs.of(msg)
+        server_round = knobs.server_round
+        model = self.submodel(knobs)
+        _load(model, _only_record(msg), need_all=False)
+        train, _ = self.data_at(context, server_round)
+        usage = module_use(model, train, knobs.get(names.EVAL_BATCH, int)).astype(np.float32)
+        metrics: dict[str, Any] = {
+            names.NUM_EXAMPLES: len(train),
+            names.BUDGET: int(self.budget_fn(context, server_round)),
+            names.DATA_VERSION: data_version(train),
+        }
+        return reply(msg, metrics, **{names.USAGE: ArrayRecord({names.USAGE: Array(usage)})})
+
+    def adapt(self, msg: Message, context: Context) -> Message:
+        """``train.adapt``: train the received sub-model on the current data, selector frozen."""
+        started = time.perf_counter()
+        knobs = Knobs.of(msg)
+        server_round = knobs.server_round
+        settings = TrainSettings.from_knobs(knobs)
+        batch = knobs.get(names.EVAL_BATCH, int)
+        model = self.submodel(knobs, kept_modules(knobs))
+        _load(model, _only_record(msg), need_all=True)
+        model.freeze_selector()
+        train, test = self.data_at(context, server_round)
+        before = evaluate(model, test, batch) if test is not None else None
+        generator = round_generator(settings.seed, server_round, partition_id(context))
+        metrics: dict[str, Any] = train_modular(
+            model, train, epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+            lb_weight=0.0, momentum=settings.momentum, weight_decay=settings.weight_decay,
+            augmented=settings.augment, cutout=settings.cutout, generator=generator)
+        if test is not None and before is not None:
+            after = evaluate(model, test, batch)
+            metrics.update({"accuracy": after["accuracy"], "loss": after["loss"],
+                            "accuracy_before": before["accuracy"]})
+        usage = module_use(model, train, batch)
+        metrics.update({names.NUM_EXAMPLES: len(train),
+                        names.USAGE: [float(u) for u in usage.ravel()],
+                        "compute_s": time.perf_counter() - started})
+        # The selector stays the cloud's: it is neither trained nor returned.
+        returned = {k: v for k, v in model.state_dict().items()
+                    if not k.startswith(SELECTOR_PREFIX)}
+        return reply(msg, metrics, **{names.ARRAYS: ArrayRecord(returned)})
 
 
-def _round(msg: Message) -> int:
-    sent = msg.content.config_records.get("config", ConfigRecord())
-    value = sent.get("server-round", 0)
-    return int(value) if isinstance(value, int) else 0
+def kept_modules(knobs: Knobs) -> list[list[int]]:
+    """The sub-model's modules per layer, from a ``train.adapt`` message's ``layer-<l>`` knobs."""
+    kept = []
+    for layer in range(knobs.get(names.LAYERS, int)):
+        held = knobs.record.get(names.layer_key(layer))
+        if not isinstance(held, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                 for i in held):
+            raise PayloadError(f"the message's '{names.CONFIG}' record lacks the module list "
+                               f"'{names.layer_key(layer)}' (a list of int)")
+        kept.append([int(i) for i in held])  # type: ignore[arg-type]
+    return kept
 
 
 def _only_record(msg: Message) -> ArrayRecord:
@@ -64,7 +176,7 @@ def _only_record(msg: Message) -> ArrayRecord:
 
 
 def _load(model: ModularNet, arrays: ArrayRecord, need_all: bool) -> None:
-    state = arrays.to_torch_state_dict()
+    state: dict[str, torch.Tensor] = arrays.to_torch_state_dict()
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:
@@ -73,78 +185,3 @@ def _load(model: ModularNet, arrays: ArrayRecord, need_all: bool) -> None:
     if need_all and missing:
         raise PayloadError(f"received sub-model lacks tensors: {missing[:3]}")
     model.load_state_dict(state, strict=False)
-
-
-def route(msg: Message, context: Context) -> Message:
-    """Module-use histogram of the cloud's selector on the device's current data, and its budget."""
-    config, data, device = device_setup(context)
-    server_round = _round(msg)
-    model = build_device_model(config, data, "modular")
-    assert isinstance(model, ModularNet)
-    _load(model, _only_record(msg), need_all=False)
-    now = current_data(config, data, server_round)
-    shard = now.device_train(device)
-    usage = module_use(model, shard, config.eval.batch_size).astype(np.float32)
-    metrics: dict[str, Any] = {
-        "num-examples": len(shard),
-        "budget": budget_of(config, data, device, server_round),
-        "shift-epoch": shift_epoch(server_round, config.eclm.shift_every),
-    }
-    return Message(RecordDict({USAGE: ArrayRecord({USAGE: Array(usage)}),
-                               "metrics": MetricRecord(metrics)}), reply_to=msg)
-
-
-def kept_from(record: ConfigRecord, layers: int) -> list[list[int]]:
-    """The sub-model's modules per layer from a train message's ``eclm`` record."""
-    kept = []
-    for layer in range(layers):
-        held = record.get(layer_key(layer))
-        if not isinstance(held, list) or not all(isinstance(i, int) for i in held):
-            raise PayloadError(f"sub-model record lacks the module list '{layer_key(layer)}'")
-        kept.append([int(i) for i in held])  # type: ignore[arg-type]
-    return kept
-
-
-def train(msg: Message, context: Context) -> Message:
-    """Adapt the received sub-model on the device's current data; return its modules and accuracy.
-
-    The selector stays the cloud's (it is not trained or returned); stem, modules and head are.
-    Accuracy is measured on the device's current local test split before and after adaptation;
-    ``usage`` is the routing mass of each module (flat, L*M) in the adapted sub-model.
-    """
-    started = time.perf_counter()
-    config, data, device = device_setup(context)
-    server_round = _round(msg)
-    e, t = config.eclm, config.train
-    kept = kept_from(msg.content.config_records[SUBMODEL], e.layers)
-    model = ModularNet(data.dataset.num_classes, data.dataset.in_channels, layers=e.layers,
-                       modules=e.modules, top_k=e.top_k, channels=e.channels, kept=kept,
-                       selector_norm=e.selector_norm)
-    _load(model, _only_record(msg), need_all=True)
-    model.freeze_selector()
-    now = current_data(config, data, server_round)
-    shard, local = now.device_train(device), now.device_test(device)
-    before = evaluate(model, local, config.eval.batch_size)
-    generator = round_generator(config.seed, server_round, device)
-    sent = msg.content.config_records.get("config", ConfigRecord())
-    lr = sent.get("lr", t.lr)
-    metrics: dict[str, Any] = train_modular(
-        model, shard, epochs=t.local_epochs, batch_size=t.batch_size,
-        lr=float(lr) if isinstance(lr, (int, float)) else t.lr, lb_weight=0.0,
-        momentum=t.momentum, weight_decay=t.weight_decay, augmented=config.data.augment,
-        cutout=config.data.cutout, generator=generator)
-    after = evaluate(model, local, config.eval.batch_size)
-    usage = module_use(model, shard, config.eval.batch_size)
-    metrics.update({"accuracy": after["accuracy"], "loss": after["loss"],
-                    "accuracy_before": before["accuracy"], "num-examples": len(shard),
-                    USAGE: [float(u) for u in usage.ravel()],
-                    "compute_s": time.perf_counter() - started})
-    returned = {k: v for k, v in model.state_dict().items() if not k.startswith(SELECTOR_PREFIX)}
-    return Message(RecordDict({"arrays": ArrayRecord(returned),
-                               "metrics": MetricRecord(metrics)}), reply_to=msg)
-
-
-class ECLMDevice(Device):
-    """The device side of ECLM (being rewritten as the public device API)."""
-
-    handlers: ClassVar[dict[str, str]] = {}

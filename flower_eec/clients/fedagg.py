@@ -1,143 +1,206 @@
-"""A FedAgg device: upload bridge codes once; learn from its edge's logits, answer with its own.
+"""The device side of FedAgg and FedEEC: upload bridge codes once, then learn from the parent's
+logits and answer with its own (BSBODP's leaf).
 
-FedAgg: Wu et al., INFOCOM 2024, arXiv 2312.11489. The device is BSBODP's leaf: leaf loss on its
-bridge samples and its real images, then its logits on the same bridge samples go back up.
+FedAgg: Wu et al., INFOCOM 2024, arXiv 2312.11489; FedEEC: Wu et al., arXiv 2501.00693.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import astuple
-from functools import lru_cache
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message
 
-from flower_eec.clients.device import Device, round_generator
+from flower_eec.clients.device import (
+    DataFn,
+    Device,
+    Knobs,
+    ModelFn,
+    TrainSettings,
+    partition_id,
+    reply,
+    round_generator,
+)
 from flower_eec.core.bsbodp import Distillation, distil_pass, logits_on
+from flower_eec.core.learning import Images, evaluate
+from flower_eec.core.losses import SKR
 from flower_eec.data.augment import augment, normalise
-from flower_eec.models.bridge import BridgeAutoencoder, load_bridge
+from flower_eec.errors import PayloadError
+from flower_eec.models.bridge import BridgeAutoencoder, bridge_digest, decode, encode, load_bridge
+from flower_eec.protocol import names
 from flower_eec.protocol.payloads import (
-    EMBEDDINGS_RECORD,
-    LOGITS_RECORD,
-    TEACHER_RECORD,
     EmbeddingPayload,
     LogitsPayload,
     logits_from_record,
     logits_limit,
     to_record,
 )
-from flower_eec.run.config import Config, rectification, skr_mode
-from flower_eec.run.devices import device_setup
-from flower_eec.run.federated import FederatedData
-from flower_eec.strategies.bridge_store import decode
+
+BridgeFn = Callable[[Context], BridgeAutoencoder]
 
 
-@lru_cache(maxsize=2)
-def bridge_of(path: str) -> BridgeAutoencoder:
-    """The frozen bridge (``""``: the shipped CIFAR-10 one), loaded once per process."""
-    return load_bridge(path or None)
-
-
-_CODES: dict[tuple[object, ...], torch.Tensor] = {}
-_SAMPLES: dict[tuple[object, ...], torch.Tensor] = {}
-
-
-def _key(config: Config, device: int) -> tuple[object, ...]:
-    """Every setting that decides the device's shard and its codes."""
-    f = config.fedagg
-    return (astuple(config.data), config.seed, config.topology.num_devices, f.bridge_weights,
-            f.fp16, device)
-
-
-def device_codes(config: Config, data: FederatedData, device: int) -> torch.Tensor:
-    """The device's codes as the server receives them (float16-rounded when ``fedagg.fp16``),
-    encoded once per process."""
-    key = _key(config, device)
-    if key not in _CODES:
-        shard = data.device_train(device)
-        bridge = bridge_of(config.fedagg.bridge_weights)
-        with torch.no_grad():
-            codes = torch.cat([bridge.encode(shard.x[i:i + 1000].float() / 255.0)
-                               for i in range(0, len(shard), 1000)])
-        _CODES[key] = codes.half().float() if config.fedagg.fp16 else codes
-    return _CODES[key]
-
-
-def device_samples(config: Config, data: FederatedData, device: int) -> torch.Tensor:
-    """The device's bridge samples, the same rows as its store entry, decoded once per process."""
-    f = config.fedagg
-    key = (*_key(config, device), f.fidelity)
-    if key not in _SAMPLES:
-        _SAMPLES[key] = decode(bridge_of(f.bridge_weights), device_codes(config, data, device),
-                               data.dataset.mean, data.dataset.std, raw=f.fidelity)
-    return _SAMPLES[key]
-
-
-def embed(msg: Message, context: Context) -> Message:
-    """``query.embed``: the codes of every training image, with their labels (sent once)."""
-    config, data, device = device_setup(context)
-    codes = device_codes(config, data, device)
-    labels = data.device_train(device).y.numpy()
-    payload = EmbeddingPayload(codes.numpy(), labels)
-    return Message(RecordDict({
-        EMBEDDINGS_RECORD: to_record(payload, fp16=config.fedagg.fp16),
-        "metrics": MetricRecord({"num-examples": len(labels)}),
-    }), reply_to=msg)
-
-
-def _real_images(config: Config, data: FederatedData, device: int,
-                 server_round: int) -> torch.Tensor:
-    """The device's normalised images, augmented afresh each round (once and for all: fidelity)."""
-    shard = data.device_train(device)
-    images = normalise(shard.x, shard.mean, shard.std)
-    if not config.data.augment:
-        return images
-    generator = round_generator(config.seed, 0 if config.fedagg.fidelity else server_round, device)
-    return augment(images, generator, cutout=config.data.cutout)
-
-
-def train(msg: Message, context: Context) -> Message:
-    """Learn from the edge's logits (leaf loss), keep the model, reply with the device's logits."""
-    started = time.perf_counter()
-    config, data, device = device_setup(context)
-    f, t = config.fedagg, config.train
-    labels = data.device_train(device).y
-    teacher = logits_from_record(msg.content.array_records[TEACHER_RECORD], num_samples=len(labels),
-                                 num_classes=data.dataset.num_classes,
-                                 max_bytes=logits_limit(len(labels), data.dataset.num_classes))
-    sent = msg.content.config_records.get("config", ConfigRecord())
-    server_round = int(sent.get("server-round", 0))  # type: ignore[arg-type]
-    model = _LEGACY.kept_model(context)
-    samples = device_samples(config, data, device)
-    settings = Distillation(T=f.T, beta=f.beta_leaf, lr=float(sent.get("lr", t.lr)),  # type: ignore[arg-type]
-                            momentum=t.momentum, weight_decay=t.weight_decay,
-                            batch_size=t.batch_size, clip=f.clip,
-                            skr=rectification(config) if skr_mode(config) == "both" else None)
-    generator = round_generator(config.seed, server_round, device)
-    metrics: dict[str, Any] = distil_pass(
-        model, samples, labels, torch.from_numpy(teacher.logits), settings,
-        real=_real_images(config, data, device, server_round), gamma=f.gamma,
-        shuffle=not f.fidelity, generator=generator)
-    own = logits_on(model, samples, t.batch_size if f.fidelity else config.eval.batch_size,
-                    bn_train=f.fidelity)
-    _LEGACY.keep(context, model)
-    metrics.update({"num-examples": len(labels), "compute_s": time.perf_counter() - started})
-    return Message(RecordDict({LOGITS_RECORD: to_record(LogitsPayload(own.numpy()), fp16=f.fp16),
-                               "metrics": MetricRecord(metrics)}), reply_to=msg)
+def data_digest(data: Images) -> str:
+    """A digest of a device's images, labels and normalisation: the key of its cached codes."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in (data.x, data.y):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(repr((tuple(data.mean), tuple(data.std))).encode())
+    return digest.hexdigest()
 
 
 class FedAggDevice(Device):
-    """The device side of FedAgg and FedEEC (being rewritten as the public device API)."""
+    """A FedAgg/FedEEC device: its own model, its own data, the bridge's encoder and decoder.
 
-    handlers: ClassVar[dict[str, str]] = {}
+    It answers three message types (``device.register(app)`` adds them to a ``ClientApp``):
 
+    - ``query.embed``: the bridge codes of every training image with its label (record
+      ``embeddings``), ``num-examples``, and the data's per-channel ``mean`` and ``std`` (record
+      ``config``) for the server to check against its own. Knobs: ``fp16``, ``bridge-digest``
+      (the server's bridge; a device with another bridge refuses).
+    - ``train.distil``: the parent's logits on the device's bridge samples (record ``teacher``);
+      one leaf pass ``CE(bridge) + beta_leaf * KD + gamma * CE(real images)`` on the model the
+      device keeps, then the device's own logits on the same samples (record ``logits``). Knobs:
+      ``T``, ``beta-leaf``, ``gamma``, ``clip``, ``fp16``, ``fidelity``, ``skr``,
+      ``skr-self-knowledge``, ``skr-swap``, ``logits-batch``, ``num-classes``, the
+      ``TrainSettings`` (``lr``, ``momentum``, ``weight-decay``, ``batch-size``, ``augment``,
+      ``cutout``, ``seed``) and ``server-round``.
+    - ``evaluate.kept``: loss and accuracy of the kept model on the local test data. Knobs:
+      ``batch-size``, ``fidelity``.
 
-def _legacy() -> Device:
-    from flower_eec.run.devices import device_model, train_data
+    Every knob comes from the message (``FedAgg``'s constructor is its source); the device's
+    own parts are its model, its data and its bridge. Codes and decoded samples are computed
+    once per process and node, keyed by the partition id, the data, the bridge and the knobs
+    that shape them.
 
-    return Device(device_model, train_data)
+    Parameters
+    ----------
+    model_fn, train_data_fn, test_data_fn, torch_device :
+        As ``Device``. Images are uint8 ``(N, C, H, W)`` that fit the bridge (the shipped one:
+        3x32x32).
+    bridge : BridgeAutoencoder | Callable[[Context], BridgeAutoencoder], optional
+        The frozen bridge autoencoder, the same as the server's (default: the shipped CIFAR-10
+        bridge, ``load_bridge()``). A function of the node's context is asked each message;
+        let it return the same object each time (cache it).
+    """
 
+    handlers: ClassVar[dict[str, str]] = {names.EMBED: "embed", names.DISTIL: "distil",
+                                          names.EVALUATE_KEPT: "evaluate"}
 
-_LEGACY = _legacy()  # until FedAggDevice carries the handlers
+    def __init__(self, model_fn: ModelFn, train_data_fn: DataFn,
+                 test_data_fn: DataFn | None = None, *,
+                 bridge: BridgeAutoencoder | BridgeFn | None = None,
+                 torch_device: str = "cpu") -> None:
+        super().__init__(model_fn, train_data_fn, test_data_fn, torch_device=torch_device)
+        self._bridge = bridge
+        self._codes: dict[tuple[object, ...], torch.Tensor] = {}
+        self._samples: dict[tuple[object, ...], torch.Tensor] = {}
+
+    def bridge(self, context: Context) -> BridgeAutoencoder:
+        """This node's bridge (the shipped one when the device was given none)."""
+        if self._bridge is None:
+            self._bridge = load_bridge()
+        if isinstance(self._bridge, BridgeAutoencoder):
+            return self._bridge
+        return self._bridge(context)
+
+    # --- codes and bridge samples ---------------------------------------------------------
+
+    def codes(self, context: Context, data: Images, fp16: bool) -> torch.Tensor:
+        """The codes of ``data`` as the server receives them (float16-rounded when ``fp16``)."""
+        bridge = self.bridge(context)
+        key = (partition_id(context), data_digest(data), bridge_digest(bridge), fp16)
+        if key not in self._codes:
+            codes = encode(bridge, data.x)
+            self._codes[key] = codes.half().float() if fp16 else codes
+        return self._codes[key]
+
+    def samples(self, context: Context, data: Images, fp16: bool, raw: bool) -> torch.Tensor:
+        """The bridge samples of ``data``: the rows the server's store holds for this device,
+        normalised like the data (``raw``: in [0, 1], the demo's input space)."""
+        bridge = self.bridge(context)
+        key = (partition_id(context), data_digest(data), bridge_digest(bridge), fp16, raw)
+        if key not in self._samples:
+            self._samples[key] = decode(bridge, self.codes(context, data, fp16), data.mean,
+                                        data.std, raw=raw)
+        return self._samples[key]
+
+    # --- handlers -------------------------------------------------------------------------
+
+    def embed(self, msg: Message, context: Context) -> Message:
+        """``query.embed``: codes and labels of every training image, and the data's mean/std."""
+        knobs = Knobs.of(msg)
+        fp16 = knobs.get(names.FP16, bool)
+        expected = knobs.get(names.BRIDGE_DIGEST, str)
+        found = bridge_digest(self.bridge(context))
+        if found != expected:
+            raise PayloadError(
+                f"this device's bridge (digest {found}) is not the server's ({expected}): the "
+                "server would decode the codes with another decoder. Give both sides the same "
+                "bridge (FedAgg(bridge=...) and FedAggDevice(bridge=...))")
+        data = self.train_data_fn(context)
+        payload = EmbeddingPayload(self.codes(context, data, fp16).numpy(), data.y.numpy())
+        answer = reply(msg, {names.NUM_EXAMPLES: len(data)},
+                       **{names.EMBEDDINGS: to_record(payload, fp16=fp16)})
+        answer.content[names.CONFIG] = ConfigRecord({
+            names.DATA_MEAN: [float(v) for v in data.mean],
+            names.DATA_STD: [float(v) for v in data.std]})
+        return answer
+
+    def distil(self, msg: Message, context: Context) -> Message:
+        """``train.distil``: learn from the parent's logits (leaf loss), keep the model, answer
+        with the device's own logits on the same bridge samples."""
+        started = time.perf_counter()
+        knobs = Knobs.of(msg)
+        s = TrainSettings.from_knobs(knobs)
+        fp16, fidelity = knobs.get(names.FP16, bool), knobs.get(names.FIDELITY, bool)
+        num_classes = knobs.get(names.NUM_CLASSES, int)
+        device, server_round = partition_id(context), knobs.server_round
+        data = self.train_data_fn(context)
+        if len(data) and int(data.y.max()) >= num_classes:
+            raise PayloadError(f"this device's labels reach {int(data.y.max())}, but the "
+                               f"server's models have {num_classes} classes")
+        record = msg.content.array_records.get(names.TEACHER)
+        if record is None:
+            raise PayloadError(f"the message holds no '{names.TEACHER}' record "
+                               f"(it holds {sorted(msg.content.array_records)})")
+        teacher = logits_from_record(record, num_samples=len(data), num_classes=num_classes,
+                                     max_bytes=logits_limit(len(data), num_classes))
+        rectify = knobs.get(names.SKR, bool)
+        settings = Distillation(
+            T=knobs.get(names.TEMPERATURE, float), beta=knobs.get(names.BETA_LEAF, float),
+            lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, batch_size=s.batch_size,
+            clip=knobs.get(names.CLIP, float),
+            skr=SKR(self_knowledge=knobs.get(names.SKR_SELF_KNOWLEDGE, bool),
+                    swap=knobs.get(names.SKR_SWAP, bool)) if rectify else None)
+        # fidelity: the demo draws the augmentation once and passes in a fixed order
+        real = normalise(data.x, data.mean, data.std)
+        if s.augment:
+            real = augment(real, round_generator(s.seed, 0 if fidelity else server_round, device),
+                           cutout=s.cutout)
+        model = self.kept_model(context)
+        samples = self.samples(context, data, fp16, raw=fidelity)
+        metrics: dict[str, Any] = distil_pass(
+            model, samples, data.y, torch.from_numpy(teacher.logits), settings, real=real,
+            gamma=knobs.get(names.GAMMA, float), shuffle=not fidelity,
+            generator=round_generator(s.seed, server_round, device))
+        own = logits_on(model, samples, knobs.get(names.LOGITS_BATCH, int), bn_train=fidelity)
+        self.keep(context, model)
+        metrics.update({names.NUM_EXAMPLES: len(data),
+                        "compute_s": time.perf_counter() - started})
+        return reply(msg, metrics,
+                     **{names.LOGITS: to_record(LogitsPayload(own.numpy()), fp16=fp16)})
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        """``evaluate.kept``: loss and accuracy of the kept model on the local test data
+        (``fidelity``: BatchNorm in training mode, as the demo tests)."""
+        knobs = Knobs.of(msg)
+        model = self.kept_model(context)
+        data = self.test_data(context)
+        metrics: dict[str, Any] = evaluate(model, data, knobs.get(names.EVAL_BATCH_SIZE, int),
+                                           bn_train=knobs.get(names.FIDELITY, bool))
+        metrics[names.NUM_EXAMPLES] = len(data)
+        return reply(msg, metrics)

@@ -1,108 +1,61 @@
-"""What a FedIN / HeteroAvg device does (our reconstruction of Chan et al., arXiv 2304.00759).
+"""The device side of FedIN and HeteroAvg (our reconstruction of Chan et al., arXiv 2304.00759).
 
-Train: local cross-entropy; under FedIN also IN training on a received feature batch, the two
-gradients merged by the conflict QP; then upload one batch of its own features. Evaluate: the
-received sub-model of the global model on the local test split.
+Train: local cross-entropy; when a feature batch of another device came, also IN training on it,
+the two gradients merged by the conflict QP; then (FedIN) upload one batch of its own features.
+Evaluate: the received slice of the global model on the local test split. Every knob comes in
+the message; the model and data come from the user's functions.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message
+from torch import nn
 from torch.nn import functional as F
 
-from flower_eec.clients.device import Device, round_generator
+from flower_eec.clients.device import (
+    Device,
+    Knobs,
+    TrainSettings,
+    partition_id,
+    reply,
+    round_generator,
+)
 from flower_eec.core.fedin_qp import conflict_direction
 from flower_eec.core.learning import Images, evaluate, minibatches, train_epochs
 from flower_eec.data.augment import normalise
-from flower_eec.errors import ConfigError
-from flower_eec.models.fedin import assign_depths, build_fedin_model, feature_shapes
-from flower_eec.models.resnet import ResNet
-from flower_eec.protocol.payloads import (
-    FeaturePayload,
-    feature_bytes_per_sample,
-    features_from_record,
-    features_to_record,
-)
-from flower_eec.run.config import Config
-from flower_eec.run.devices import device_setup
-from flower_eec.run.federated import FederatedData
+from flower_eec.errors import PayloadError
+from flower_eec.protocol import names
+from flower_eec.protocol.payloads import FeaturePayload, FeatureSpec, features_to_record
 
-ARRAYS, FEATURES, METRICS = "arrays", "features", "metrics"
-# Flower adds about 130 bytes of header per array; two arrays per feature batch.
-_RECORD_OVERHEAD = 512
+# The parts a FedIN model exposes; model(x) == classifier(intermediate(extractor(x))).
+PARTS = ("extractor", "intermediate", "classifier")
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    """The shape of every feature batch of a run: per-sample shapes, samples, wire format."""
-
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    batch: int
-    fp16: bool
-    max_bytes: int
-
-    @property
-    def batch_bytes(self) -> int:
-        """Array bytes of one full batch."""
-        return self.batch * feature_bytes_per_sample(self.in_shape, self.out_shape, self.fp16)
-
-    def read(self, record: ArrayRecord) -> FeaturePayload:
-        """Validate a received feature record against this spec."""
-        return features_from_record(record, in_shape=self.in_shape, out_shape=self.out_shape,
-                                    max_samples=self.batch, max_bytes=self.max_bytes)
-
-
-def fedin_model(config: Config, data: FederatedData, depth: str) -> ResNet:
-    """A FedIN model of ``depth`` shaped for the run's dataset, with the run's stem and width."""
-    return build_fedin_model(depth, data.dataset.num_classes, data.dataset.in_channels,
-                             stem=config.model.stem, width=config.model.width)
-
-
-def device_depth(config: Config, device: int) -> str:
-    """The depth this device carries (an even, seeded split of ``fedin.depths``)."""
-    return _depths(config.topology.num_devices, tuple(config.fedin.depths), config.seed)[device]
-
-
-@lru_cache(maxsize=4)
-def _depths(num_devices: int, depths: tuple[str, ...], seed: int) -> list[str]:
-    return assign_depths(num_devices, depths, seed)
-
-
-def feature_spec(config: Config, data: FederatedData) -> FeatureSpec:
-    """The run's feature batch: shapes at the E/IN split and the number of samples.
+def check_fedin_model(model: nn.Module) -> None:
+    """Refuse a model without FedIN's three parts (each an ``nn.Module``).
 
     Raises:
-        ConfigError: ``fedin.feature_batch`` asks for more bytes than ``fedin.max_feature_bytes``
-            allows, or not even one sample fits.
+        TypeError: A part is missing, naming the interface to implement.
     """
-    f, d = config.fedin, data.dataset
-    in_shape, out_shape = _feature_shapes(f.depths[0], d.num_classes, d.in_channels,
-                                          int(d.x_train.shape[-1]), config.model.stem,
-                                          config.model.width)
-    per_sample = feature_bytes_per_sample(in_shape, out_shape, f.fp16)
-    fits = (f.max_feature_bytes - _RECORD_OVERHEAD) // per_sample
-    if fits < 1 or f.feature_batch > fits:
-        raise ConfigError(
-            f"bad value for 'fedin.feature_batch': {f.feature_batch}; one sample's features "
-            f"take {per_sample} bytes, so fedin.max_feature_bytes={f.max_feature_bytes} allows at "
-            f"most {max(fits, 0)}: lower fedin.feature_batch (0 picks the largest that fits), or "
-            "raise fedin.max_feature_bytes, set fedin.fp16=true or lower model.width")
-    batch = f.feature_batch or min(fits, config.train.batch_size)
-    return FeatureSpec(in_shape, out_shape, batch, f.fp16, f.max_feature_bytes)
+    missing = [p for p in PARTS if not isinstance(getattr(model, p, None), nn.Module)]
+    if missing:
+        raise TypeError(
+            f"{type(model).__name__} lacks {missing}: a FedIN device's model_fn must build a "
+            "model with nn.Module attributes 'extractor' (E), 'intermediate' (IN) and "
+            "'classifier' (C), with model(x) == classifier(intermediate(extractor(x))), e.g. "
+            "flower_eec.models.fedin.build_fedin_model")
 
 
-@lru_cache(maxsize=8)
-def _feature_shapes(depth: str, num_classes: int, in_channels: int, image_size: int, stem: str,
-                    width: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    model = build_fedin_model(depth, num_classes, in_channels, stem=stem, width=width)
-    return feature_shapes(model, in_channels, image_size)
+def part(model: nn.Module, name: str) -> nn.Module:
+    """One of the model's FedIN parts (``"extractor"``, ``"intermediate"``, ``"classifier"``)."""
+    check_fedin_model(model)
+    module = getattr(model, name)
+    assert isinstance(module, nn.Module)  # checked above; tells the type checker
+    return module
 
 
 def _flat(grads: list[torch.Tensor | None], params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -110,7 +63,7 @@ def _flat(grads: list[torch.Tensor | None], params: list[torch.nn.Parameter]) ->
                       for g, p in zip(grads, params, strict=True)])
 
 
-def train_aligned(model: ResNet, data: Images, received: FeaturePayload, *, mu: float,
+def train_aligned(model: nn.Module, data: Images, received: FeaturePayload, *, mu: float,
                   epochs: int, batch_size: int, lr: float, momentum: float = 0.9,
                   weight_decay: float = 0.0, augmented: bool = True, cutout: int = 0,
                   generator: torch.Generator | None = None) -> dict[str, float]:
@@ -118,16 +71,16 @@ def train_aligned(model: ResNet, data: Images, received: FeaturePayload, *, mu: 
 
     Per step: ``g_loc`` = grad of CE on a local mini-batch (all parameters); ``g_in`` = grad of
     ``MSE(IN(s_in), s_out) / mean(s_out^2)`` on the whole received batch (IN parameters only);
-    the step follows
-    the QP's direction ``d`` with SGD (momentum, weight decay).
+    the step follows the QP's direction ``d`` with SGD (momentum, weight decay).
 
     Returns:
         Mean training loss and accuracy, mean alignment loss, and the counts of QP steps and of
         steps where each constraint bound.
     """
     device = next(model.parameters()).device
+    intermediate = part(model, "intermediate")
     params = [p for p in model.parameters() if p.requires_grad]
-    in_ids = {id(p) for p in model.intermediate.parameters()}
+    in_ids = {id(p) for p in intermediate.parameters()}
     in_params = [p for p in params if id(p) in in_ids]
     optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     s_in = torch.from_numpy(received.s_in).to(device)
@@ -142,7 +95,7 @@ def train_aligned(model: ResNet, data: Images, received: FeaturePayload, *, mu: 
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         g_loc = _flat(list(torch.autograd.grad(loss, params, allow_unused=True)), params)
-        in_loss = F.mse_loss(model.intermediate(s_in), s_out) / target_power
+        in_loss = F.mse_loss(intermediate(s_in), s_out) / target_power
         in_grads = dict(zip(map(id, in_params),
                             torch.autograd.grad(in_loss, in_params, allow_unused=True),
                             strict=True))
@@ -166,73 +119,128 @@ def train_aligned(model: ResNet, data: Images, received: FeaturePayload, *, mu: 
 
 
 @torch.no_grad()
-def own_features(model: ResNet, data: Images, batch: int, generator: torch.Generator
+def own_features(model: nn.Module, data: Images, batch: int, generator: torch.Generator
                  ) -> FeaturePayload:
     """``(E(x), IN(E(x)))`` in eval mode for ``batch`` random local training images."""
     model.eval()
     index = torch.randperm(len(data), generator=generator)[:batch]
     device = next(model.parameters()).device
-    s_in = model.extractor(normalise(data.x[index], data.mean, data.std).to(device))
-    s_out = model.intermediate(s_in)
+    s_in = part(model, "extractor")(normalise(data.x[index], data.mean, data.std).to(device))
+    s_out = part(model, "intermediate")(s_in)
     return FeaturePayload(s_in.cpu().numpy(), s_out.cpu().numpy())
 
 
-def _number(config: ConfigRecord, key: str, default: float) -> float:
-    value = config.get(key, default)
-    return float(value) if isinstance(value, (int, float)) else default
-
-
-def _load(msg: Message, context: Context) -> tuple[Config, FederatedData, int, ResNet]:
-    config, data, device = device_setup(context)
-    model = fedin_model(config, data, device_depth(config, device))
-    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
-    return config, data, device, model
-
-
-def train(msg: Message, context: Context) -> Message:
-    """FedIN/HeteroAvg device round: train (aligned when a feature batch came), reply with the
-    model's tensors, metrics and (FedIN) one batch of own features."""
-    started = time.perf_counter()
-    config, data, device, model = _load(msg, context)
-    sent = msg.content.config_records.get("config", ConfigRecord())
-    server_round = int(_number(sent, "server-round", 0))
-    generator = round_generator(config.seed, server_round, device)
-    t, shard = config.train, data.device_train(device)
-    options: dict[str, Any] = {
-        "epochs": t.local_epochs, "batch_size": t.batch_size, "lr": _number(sent, "lr", t.lr),
-        "momentum": t.momentum, "weight_decay": t.weight_decay,
-        "augmented": config.data.augment, "cutout": config.data.cutout, "generator": generator}
-    content = RecordDict()
-    if FEATURES in msg.content.array_records:
-        spec = feature_spec(config, data)
-        received = spec.read(msg.content.array_records[FEATURES])
-        metrics: dict[str, Any] = train_aligned(model, shard, received, mu=config.fedin.mu,
-                                                **options)
-    else:
-        metrics = {**train_epochs(model, shard, **options),
-                   "qp_steps": 0, "qp_loc_binds": 0, "qp_in_binds": 0}
-    content[ARRAYS] = ArrayRecord(model.state_dict())
-    if config.method == "fedin":
-        spec = feature_spec(config, data)
-        content[FEATURES] = features_to_record(
-            own_features(model, shard, spec.batch, generator), fp16=spec.fp16)
-    metrics["num-examples"] = len(shard)
-    metrics["compute_s"] = time.perf_counter() - started
-    content[METRICS] = MetricRecord(metrics)
-    return Message(content, reply_to=msg)
-
-
-def evaluate_local(msg: Message, context: Context) -> Message:
-    """Accuracy and loss of the received sub-model on the device's local test split."""
-    config, data, device, model = _load(msg, context)
-    local = data.device_test(device)
-    metrics: dict[str, Any] = evaluate(model, local, config.eval.batch_size)
-    metrics["num-examples"] = len(local)
-    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
-
-
-
 class FedINDevice(Device):
-    """The device side of FedIN and HeteroAvg (being rewritten as the public device API)."""
+    """A FedIN / HeteroAvg device: trains the slice of the global model that its depth carries.
 
-    handlers: ClassVar[dict[str, str]] = {}
+    Register it in your ClientApp with ``FedINDevice(model_fn, train_data_fn,
+    test_data_fn).register(app)``; it answers ``train.fedin`` and ``evaluate.fedin``
+    (``flower_eec.protocol.names.FEDIN_TRAIN`` / ``FEDIN_EVALUATE``) and ``query.describe``.
+
+    The model. ``model_fn(context)`` builds this node's model, of whatever depth the node carries;
+    it must be the model the server's ``FedIN(model_of=...)`` assigns to this device (same tensor
+    names and shapes; the device refuses received tensors that do not fit it). Its interface:
+
+    - ``extractor`` (E), ``intermediate`` (IN) and ``classifier`` (C): ``nn.Module`` attributes
+      with ``model(x) == classifier(intermediate(extractor(x)))``;
+    - every depth shares E and C, and the output shape of IN (so features of one depth can train
+      another's IN); tensor names depend on position only, so a shallower model's state dict is
+      a subset of a deeper one's.
+
+    ``flower_eec.models.fedin.build_fedin_model(depth, ...)`` builds such ResNets. A model without
+    the three parts is a ``TypeError`` at its first message.
+
+    Knobs of a ``train.fedin`` message (``config`` record, all sent by ``FedIN``):
+    ``TrainSettings``'s (``lr``, ``momentum``, ``weight-decay``, ``batch-size``,
+    ``local-epochs``, ``augment``, ``cutout``, ``seed``), ``server-round``, ``send-features``
+    and, when it is true, ``mu`` and the feature spec (``feature-in-shape``,
+    ``feature-out-shape``, ``feature-batch``, ``feature-fp16``, ``max-feature-bytes``; see
+    ``FeatureSpec``). Records: ``arrays`` (the model's tensors) and, from round 2 of FedIN,
+    ``features`` (another device's batch ``s-in``, ``s-out``). Reply: ``arrays``, ``metrics``
+    (``num-examples``, ``train_loss``, ``train_accuracy``, ``qp_steps``, ``qp_loc_binds``,
+    ``qp_in_binds``, ``in_loss`` when aligned, ``compute_s``) and, under FedIN, ``features``.
+
+    An ``evaluate.fedin`` message carries ``arrays`` and the knob ``batch-size``; the reply's
+    ``metrics`` hold ``loss``, ``accuracy`` and ``num-examples`` on the local test split.
+    """
+
+    handlers: ClassVar[dict[str, str]] = {names.FEDIN_TRAIN: "train",
+                                          names.FEDIN_EVALUATE: "evaluate"}
+
+    def model(self, context: Context) -> nn.Module:
+        """A fresh model from ``model_fn``, checked for FedIN's three parts."""
+        model = super().model(context)
+        check_fedin_model(model)
+        return model
+
+    def received_model(self, msg: Message, context: Context) -> nn.Module:
+        """This node's model holding the message's ``arrays``.
+
+        Raises:
+            PayloadError: The message has no ``arrays``, or its tensors are not this model's.
+        """
+        if names.ARRAYS not in msg.content.array_records:
+            raise PayloadError(f"the message lacks its '{names.ARRAYS}' ArrayRecord")
+        model = self.model(context)
+        state = msg.content.array_records[names.ARRAYS].to_torch_state_dict()
+        own = model.state_dict()
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if missing or extra or wrong:
+            raise PayloadError(
+                f"the received tensors do not fit this node's model (missing {missing[:3]}, "
+                f"unexpected {extra[:3]}, other shape {wrong[:3]}): model_fn must build the "
+                "depth that the strategy's model_of gives this device")
+        model.load_state_dict(state)
+        return model
+
+    def train(self, msg: Message, context: Context) -> Message:
+        """Train the received model (aligned when a feature batch came); reply with its tensors,
+        the metrics and, when asked, one batch of its own features."""
+        started = time.perf_counter()
+        knobs = Knobs.of(msg)
+        settings = TrainSettings.from_knobs(knobs)
+        spec = FeatureSpec.from_config(knobs.record) if knobs.get(
+            names.SEND_FEATURES, bool) else None
+        model = self.received_model(msg, context)
+        data = self.train_data_fn(context)
+        generator = round_generator(settings.seed, knobs.server_round, partition_id(context))
+        options: dict[str, Any] = {
+            "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
+            "momentum": settings.momentum, "weight_decay": settings.weight_decay,
+            "augmented": settings.augment, "cutout": settings.cutout, "generator": generator}
+        if names.FEATURES in msg.content.array_records:
+            if spec is None:
+                raise PayloadError(f"a feature batch came but '{names.SEND_FEATURES}' is false")
+            received = spec.read(msg.content.array_records[names.FEATURES])
+            metrics: dict[str, Any] = train_aligned(model, data, received,
+                                                    mu=knobs.get(names.MU, float), **options)
+        else:
+            metrics = {**train_epochs(model, data, **options),
+                       "qp_steps": 0, "qp_loc_binds": 0, "qp_in_binds": 0}
+        records = {names.ARRAYS: ArrayRecord(model.state_dict())}
+        if spec is not None:
+            records[names.FEATURES] = features_to_record(
+                _checked(own_features(model, data, spec.batch, generator), spec), fp16=spec.fp16)
+        metrics[names.NUM_EXAMPLES] = len(data)
+        metrics["compute_s"] = time.perf_counter() - started
+        return reply(msg, metrics, **records)
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        """Loss and accuracy of the received model on the local test split."""
+        model = self.received_model(msg, context)
+        data = self.test_data(context)
+        metrics: dict[str, Any] = evaluate(model, data,
+                                           Knobs.of(msg).get(names.EVAL_BATCH_SIZE, int))
+        metrics[names.NUM_EXAMPLES] = len(data)
+        return reply(msg, metrics)
+
+
+def _checked(payload: FeaturePayload, spec: FeatureSpec) -> FeaturePayload:
+    """Refuse to send features whose shapes the server does not expect (a wrong model)."""
+    got = (tuple(payload.s_in.shape[1:]), tuple(payload.s_out.shape[1:]))
+    if got != (spec.in_shape, spec.out_shape):
+        raise PayloadError(f"this model's features have shapes s_in {got[0]}, s_out {got[1]} but "
+                           f"the strategy expects {spec.in_shape}, {spec.out_shape}: build "
+                           "the model for the images and width the server's FeatureSpec assumes")
+    return payload

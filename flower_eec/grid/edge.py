@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 from flower_eec.grid.forwarding import ForwardingGrid
+
+if TYPE_CHECKING:
+    from flwr.proto.node_pb2 import NodeInfo
 
 
 class EdgeGrid(ForwardingGrid):
@@ -23,6 +27,11 @@ class EdgeGrid(ForwardingGrid):
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        """The underlying grid's information on this edge's nodes only."""
+        mine = set(self.node_ids)
+        return [node for node in self.grid.get_nodes() if node.node_id in mine]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         raise RuntimeError("an edge's strategy only configures and aggregates; "

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+if TYPE_CHECKING:  # the type Grid.get_nodes returns; Flower exports it only from its protos
+    from flwr.proto.node_pb2 import NodeInfo
+
 
 class ForwardingGrid(Grid):
-    """Forwards every Grid method to ``self.grid``; subclasses override what they change."""
+    """Forwards every Grid method to ``self.grid``; subclasses override what they change.
+
+    ``tests/test_flower_api.py`` checks that every public method of Flower's ``Grid`` is
+    forwarded here, so a method added by a Flower release cannot silently fall back to the
+    base class's default.
+    """
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
@@ -28,6 +37,9 @@ class ForwardingGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return self.grid.get_node_ids()
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        return self.grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.grid.push_messages(messages)

@@ -12,7 +12,8 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+
+from flower_eec.grid.flower_internals import set_message_id, set_task_identity
 
 ERROR_CODE_CLIENT_EXCEPTION = 2
 
@@ -31,9 +32,7 @@ class LocalGrid(Grid):
         self.drop = drop or (lambda message: False)
         self._run = Run.create_empty(run_id=run_id)
         self._ids = itertools.count(1)
-        TaskIdentity.run_id = run_id
-        TaskIdentity.task_id = 1
-        TaskIdentity.node_id = 0
+        set_task_identity(run_id)  # as Flower's runtimes do before the ServerApp starts
         self.contexts = {
             1000 + pid: Context(run_id=run_id, node_id=1000 + pid,
                                 node_config={"partition-id": pid, "num-partitions": num_nodes},
@@ -61,8 +60,7 @@ class LocalGrid(Grid):
         ids = []
         for message in messages:
             message_id = f"m{next(self._ids)}"
-            # Metadata has no setter for the id that a SuperLink would assign
-            message.metadata.__dict__["_message_id"] = message_id
+            set_message_id(message, message_id)
             ids.append(message_id)
             if not self.drop(message):
                 self._replies[message_id] = self._deliver(message)

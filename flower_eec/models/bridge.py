@@ -5,6 +5,7 @@ Devices upload ``encode(x)`` once; every tier distils on the bridge samples ``de
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class BridgeAutoencoder(nn.Module):
 
     def __init__(self, in_channels: int = 3) -> None:
         super().__init__()
+        self.in_channels = in_channels
         self.encoder = nn.Sequential(
             _conv(in_channels, 16),
             nn.BatchNorm2d(16),
@@ -96,6 +98,59 @@ def bridge_samples(
         mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(shape)
         std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(shape)
         return (pixels - mean_t) / std_t
+
+
+def decode(bridge: BridgeAutoencoder, codes: torch.Tensor, mean: Sequence[float],
+           std: Sequence[float], raw: bool, batch_size: int = 1000) -> torch.Tensor:
+    """Bridge samples of ``codes``, in batches: normalised like real images, or in [0, 1] when
+    ``raw`` (the official demo's input space)."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(codes), batch_size):
+            chunk = codes[start:start + batch_size].float()
+            parts.append(bridge.decode(chunk) if raw else bridge_samples(bridge, chunk, mean, std))
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def encode(bridge: BridgeAutoencoder, images: torch.Tensor, batch_size: int = 1000
+           ) -> torch.Tensor:
+    """Codes of uint8 images ``(N, C, H, W)`` (scaled to [0, 1] first), in batches, no gradient.
+
+    Raises:
+        DataError: The images do not fit the bridge (channels, or a side not divisible by 4).
+    """
+    check_images(bridge, images.shape)
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            parts.append(bridge.encode(images[start:start + batch_size].float() / 255.0))
+    return torch.cat(parts) if parts else torch.zeros(0, *code_shape(images.shape))
+
+
+def code_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """Shape of one code for images of ``(N, C, H, W)``: two poolings of 2, 4 channels."""
+    height, width = image_shape[-2:]
+    return (EMBEDDING_SHAPE[0], height // 4, width // 4)
+
+
+def check_images(bridge: BridgeAutoencoder, image_shape: Sequence[int]) -> None:
+    """Raise ``DataError`` unless images of ``(N, C, H, W)`` fit ``bridge``."""
+    channels, height, width = image_shape[-3:]
+    if channels != bridge.in_channels or height % 4 or width % 4:
+        raise DataError(
+            f"the bridge takes {bridge.in_channels}-channel images whose sides divide by 4 "
+            f"(the shipped one: 3x32x32, CIFAR-10); these are {channels}x{height}x{width}. "
+            "Train a bridge for them with scripts/train_bridge.py and pass it as bridge=")
+
+
+def bridge_digest(bridge: BridgeAutoencoder) -> str:
+    """A short digest of the bridge's weights: the server's and a device's must be equal, or
+    the server decodes the device's codes with another decoder than the encoder that made them."""
+    digest = hashlib.blake2b(digest_size=8)
+    for key, value in sorted(bridge.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_bridge(path: str | Path | None = None) -> BridgeAutoencoder:

@@ -5,23 +5,22 @@ Every conversion from a Flower ArrayRecord validates keys, dtype, shape, finiten
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from flower_eec.errors import PayloadError
+from flower_eec.models.bridge import EMBEDDING_SHAPE
+from flower_eec.protocol import names
 
+# Keys of the arrays inside a payload's record (the records' own names are in ``names``)
 LOGITS = "logits"
 SAMPLE_IDS = "sample-ids"
 EMBEDDINGS = "embeddings"
 LABELS = "labels"
-EMBEDDING_SHAPE = (4, 8, 8)
-# Names of the records in FedAgg's messages
-TEACHER_RECORD = "teacher"  # train message: the parent's logits on the device's bridge samples
-LOGITS_RECORD = "logits"  # train reply: the device's own logits on the same samples
-EMBEDDINGS_RECORD = "embeddings"  # query.embed reply: codes and labels
 FLOAT_DTYPES = ("float32", "float16")
 _NUMPY_STYPE = "numpy.ndarray"
 _FP16_MAX = float(np.finfo(np.float16).max)
@@ -343,3 +342,87 @@ def features_from_record(record: ArrayRecord, *, in_shape: tuple[int, ...],
     s_in = _decode(FEATURES_IN, record[FEATURES_IN], FLOAT_DTYPES, (count, *in_shape))
     s_out = _decode(FEATURES_OUT, record[FEATURES_OUT], FLOAT_DTYPES, (count, *out_shape))
     return FeaturePayload(_as_float32(FEATURES_IN, s_in), _as_float32(FEATURES_OUT, s_out))
+
+
+FEATURE_RECORD_OVERHEAD = 512  # Flower adds about 130 bytes of header per array, two per batch
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What every feature batch of a FedIN run looks like; the strategy sends it to the devices.
+
+    ``FedIN(features=spec)`` puts it in each train message's ``config`` record (``to_config``);
+    a device reads it back (``from_config``) to check the batch it receives and the one it sends,
+    and the strategy checks every uploaded batch with ``read``.
+
+    Attributes:
+        in_shape: Per-sample shape of ``s_in = E(x)``, e.g. ``(8, 8, 8)``.
+        out_shape: Per-sample shape of ``s_out = IN(s_in)``, e.g. ``(64, 1, 1)``.
+        batch: Samples per batch (a device sends this many, or all it has when fewer).
+        fp16: Batches travel as float16 (half the bytes).
+        max_bytes: Largest feature record accepted, headers included.
+
+    Raises:
+        ValueError: A shape is empty or not positive, ``batch < 1``, or one full batch (plus
+            ``FEATURE_RECORD_OVERHEAD``) does not fit ``max_bytes``.
+    """
+
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    batch: int
+    fp16: bool = True
+    max_bytes: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        """Refuse a spec no batch could meet."""
+        for name, shape in (("in_shape", self.in_shape), ("out_shape", self.out_shape)):
+            if not shape or min(shape) < 1:
+                raise ValueError(f"{name}={shape!r}: give a per-sample shape of positive sizes")
+        if self.batch < 1:
+            raise ValueError(f"batch={self.batch}: a feature batch holds at least one sample")
+        if self.batch_bytes + FEATURE_RECORD_OVERHEAD > self.max_bytes:
+            raise ValueError(f"a batch of {self.batch} takes {self.batch_bytes} bytes, over "
+                             f"max_bytes={self.max_bytes}: lower batch, set fp16 or raise "
+                             "max_bytes")
+
+    @property
+    def batch_bytes(self) -> int:
+        """Array bytes of one full batch."""
+        return self.batch * feature_bytes_per_sample(self.in_shape, self.out_shape, self.fp16)
+
+    def read(self, record: ArrayRecord) -> FeaturePayload:
+        """Validate a received feature record against this spec."""
+        return features_from_record(record, in_shape=self.in_shape, out_shape=self.out_shape,
+                                    max_samples=self.batch, max_bytes=self.max_bytes)
+
+    def to_config(self) -> dict[str, Any]:
+        """The spec as ``config`` record entries (``names.FEATURE_*``)."""
+        return {names.FEATURE_IN_SHAPE: list(self.in_shape),
+                names.FEATURE_OUT_SHAPE: list(self.out_shape),
+                names.FEATURE_BATCH: self.batch, names.FEATURE_FP16: self.fp16,
+                names.MAX_FEATURE_BYTES: self.max_bytes}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> FeatureSpec:
+        """Inverse of ``to_config``; a missing or mistyped entry is a ``PayloadError``."""
+        def shape(key: str) -> tuple[int, ...]:
+            value = config.get(key)
+            if not isinstance(value, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise PayloadError(f"knob '{key}' is {value!r}, expected a list of int")
+            return tuple(value)
+
+        def scalar(key: str, kind: type) -> Any:
+            value = config.get(key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise PayloadError(f"knob '{key}' is {value!r}, expected {kind.__name__}")
+            return value
+
+        try:
+            return cls(shape(names.FEATURE_IN_SHAPE), shape(names.FEATURE_OUT_SHAPE),
+                       scalar(names.FEATURE_BATCH, int), scalar(names.FEATURE_FP16, bool),
+                       scalar(names.MAX_FEATURE_BYTES, int))
+        except ValueError as exc:
+            if isinstance(exc, PayloadError):
+                raise
+            raise PayloadError(f"the feature spec in the message is not usable: {exc}") from exc

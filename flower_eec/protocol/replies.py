@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+from flower_eec.errors import ProtocolError
+
+# Flower's ClientApp raises this when no handler is registered for a message type; the engines
+# turn it into the error reply's reason (wrapped in the exception's type and quotes).
+_MISSING = re.compile(r"No (train|evaluate|query) function registered with name '(\w+)'")
+_DEFAULT_ACTION = "default"  # Flower's action of a bare "train" / "evaluate" / "query"
 
 
 def train_reply_problem(reply: Message, reference: ArrayRecord | None,
@@ -67,3 +75,39 @@ def common_metrics(replies: Iterable[Message]) -> list[Message]:
         if set(record) != shared:
             reply.content[name] = MetricRecord({k: v for k, v in record.items() if k in shared})
     return replies
+
+
+def missing_handler(reply: Message) -> str | None:
+    """The message type a reply says its ClientApp has no handler for, or None.
+
+    A device whose ClientApp lacks the handler answers with an error reply whose reason holds
+    Flower's "No <category> function registered with name '<action>'"; the message type is
+    ``<category>.<action>``, or ``<category>`` for the default action.
+    """
+    if not reply.has_error():
+        return None
+    found = _MISSING.search(reply.error.reason or "")
+    if found is None:
+        return None
+    category, action = found.groups()
+    return category if action == _DEFAULT_ACTION else f"{category}.{action}"
+
+
+def require_handler(replies: Iterable[Message], device: str) -> None:
+    """Raise ``ProtocolError`` when every reply says its ClientApp lacks the handler.
+
+    Args:
+        replies: The replies of one exchange (no replies: nothing to tell, no error).
+        device: How a user adds the handlers, e.g. ``"FedAggDevice(...).register(app)"``.
+
+    Raises:
+        ProtocolError: Naming the missing message type, ``device`` and the README section.
+    """
+    missing = {missing_handler(reply) for reply in replies}
+    if not missing or None in missing:
+        return
+    types = ", ".join(sorted(str(m) for m in missing))
+    raise ProtocolError(
+        f"no device answers '{types}': their ClientApp has no handler for it, so every round "
+        f"would fail. Register the method's device in the ClientApp, {device}, as the "
+        f"README's section \"In your own Flower project\" shows")

@@ -19,8 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a method on Flower's Simulation Engine (Ray)")
     show = commands.add_parser("show", help="print the fully resolved config and exit")
     for sub in (run, show):
-        sub.add_argument("config", help="a method name (e.g. fedagg: its shipped defaults) or a YAML "
-                         "file (e.g. examples/fedagg.yaml)")
+        sub.add_argument("config", help="a method name (fedagg: its shipped defaults) or a "
+                         "YAML file (e.g. examples/fedagg.yaml)")
         sub.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.lr=0.1")
     run.add_argument("--out", help="results folder (default: results/<method>-<profile>-<time>)")
     run.add_argument("--verbose", action="store_true", help="Flower's debug logging")

@@ -515,8 +515,14 @@ def _validate_outages(t: TopologyConfig) -> None:
 
 
 def skr_mode(config: Config) -> str:
-    """FedEEC's SKR mode for this run: ``fedeec.skr`` under ``method=fedeec``, else ``off``."""
-    return config.fedeec.skr if config.method == "fedeec" else "off"
+    """FedEEC's SKR mode: ``fedeec.skr`` for a method whose section is ``fedeec``, else ``off``."""
+    return config.fedeec.skr if _section(config) == "fedeec" else "off"
+
+
+def _section(config: Config) -> str | None:
+    from flower_eec.run.registry import method
+
+    return method(config.method).section
 
 
 def rectification(config: Config) -> SKR:
@@ -565,7 +571,7 @@ def _validate_eclm(config: Config) -> None:
            f"a fraction in [eclm.budget_low ({e.budget_low}), 1]")
     for key in ("budget_every", "shift_every"):
         _check(getattr(e, key) >= 0, f"eclm.{key}", getattr(e, key), ">= 0 (0: never)")
-    if config.method != "eclm":
+    if _section(config) != "eclm":
         return
     for key in ("device", "edge", "cloud"):
         _check(getattr(config.model, key) == "modular", f"model.{key}",

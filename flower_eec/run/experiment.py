@@ -15,11 +15,12 @@ from flwr.serverapp import Grid
 from flower_eec.core.learning import evaluate, torch_device
 from flower_eec.errors import ConfigError
 from flower_eec.grid.metered import MeteredGrid, Traffic
+from flower_eec.protocol.knobs import TrainSettings
 from flower_eec.run.config import (
-    is_bridge,
     Config,
     demo_fidelity,
     edge_outages,
+    is_bridge,
 )
 from flower_eec.run.devices import build_device_model
 from flower_eec.run.federated import FederatedData, federated_data
@@ -127,6 +128,15 @@ def hierarchical_options(config: Config, grid: MeteredGrid, recorder: Recorder
 
 
 
+
+
+def train_settings(config: Config) -> TrainSettings:
+    """The devices' local training, from the run's ``train`` and ``data`` sections."""
+    t = config.train
+    return TrainSettings(lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                         batch_size=t.batch_size, epochs=t.local_epochs,
+                         augment=config.data.augment, cutout=config.data.cutout,
+                         seed=config.seed)
 
 
 def start_point(config: Config) -> tuple[EvaluateFn, ArrayRecord]:

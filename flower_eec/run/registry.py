@@ -79,3 +79,12 @@ def method(name: str) -> Method:
     if name not in entries:
         raise ConfigError(f"unknown method '{name}'. Allowed: {', '.join(entries)}")
     return entries[name]
+
+
+def client_devices() -> list[Device]:
+    """One device per protocol among the registered methods: what our ClientApp registers."""
+    chosen: dict[type, Device] = {}
+    for entry in methods().values():
+        device = entry.device()
+        chosen.setdefault(type(device), device)
+    return list(chosen.values())

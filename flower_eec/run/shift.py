@@ -2,14 +2,20 @@
 
 Used by ECLM's continuous adaptation (ALGORITHMS.md, section 5; the schedule is our
 reconstruction). Epoch 0 is the run's own partition; epoch ``e > 0`` re-deals the same training
-pool, deterministic in (seed, e).
+pool, deterministic in (seed, e). A new epoch starts every ``eclm.shift_every`` rounds: a local
+setting of our app's devices (``data_at_round`` is their ``ECLMDevice`` data function).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from flwr.app import Context
 
+from flower_eec.core.eclm_math import shift_epoch
+from flower_eec.core.learning import Images
 from flower_eec.data.partition import dirichlet, local_test_split
+from flower_eec.run.config import Config
+from flower_eec.run.devices import device_setup
 from flower_eec.run.federated import FederatedData
 
 _SHIFT_STREAM = 104_729
@@ -42,3 +48,18 @@ def shifted(data: FederatedData, epoch: int, *, alpha: float, seed: int, min_siz
         # The entry keeps ``data`` alive, so its id cannot be reused while the entry exists.
         _cache[key] = (data, FederatedData(data.dataset, train, test, data.public))
     return _cache[key][1]
+
+
+def current_data(config: Config, data: FederatedData, server_round: int) -> FederatedData:
+    """The devices' data at ``server_round`` under the run's shift schedule."""
+    epoch = shift_epoch(server_round, config.eclm.shift_every)
+    d = config.data
+    return shifted(data, epoch, alpha=d.alpha, seed=config.seed, min_size=d.min_size,
+                   local_test_size=d.local_test_size)
+
+
+def data_at_round(context: Context, server_round: int) -> tuple[Images, Images]:
+    """This node's training shard and local test split at ``server_round`` (our app's)."""
+    config, data, device = device_setup(context)
+    now = current_data(config, data, server_round)
+    return now.device_train(device), now.device_test(device)

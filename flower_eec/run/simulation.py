@@ -1,50 +1,66 @@
 """Run a resolved config on Flower's Simulation Engine (Ray) from Python, as ``flwr run`` would.
 
-The ClientApps read their run_config from an app directory; a temporary one carries the resolved
-config as the single key ``config-json``, so server and devices see exactly the same settings.
+Flower's public ``flwr.simulation.run_simulation`` starts both apps with an empty run_config.
+So the apps are built here around the config: the ServerApp runs it directly, and the ClientApp
+carries it to every node in a mod that gives each call's context the run_config ``config-json``
+(what ``flwr run`` would pass) for the duration of the call, so server and devices see exactly
+the same settings.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+from collections.abc import Callable
 
-import tomli_w
-from flwr.app import Context, RecordDict
-from flwr.simulation.run_simulation import _run_simulation
-from flwr.supercore.telemetry import EventType
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation as flower_run_simulation
 
-from flower_eec.app.client_app import app as client_app
-from flower_eec.app.server_app import app as server_app
+from flower_eec.clients.device import register
+from flower_eec.run import experiment
 from flower_eec.run.config import Config, to_json
+from flower_eec.run.registry import client_devices
 
 
-def _app_dir(path: Path, run_config: dict[str, str]) -> None:
-    project = {
-        "project": {"name": "flower-eec-run", "version": "0.0.0"},
-        "tool": {"flwr": {"app": {
-            "publisher": "flower-eec",
-            "components": {"serverapp": "flower_eec.app.server_app:app",
-                           "clientapp": "flower_eec.app.client_app:app"},
-            "config": run_config,
-        }}},
-    }
-    (path / "pyproject.toml").write_text(tomli_w.dumps(project))
+class RunConfigMod:
+    """A ClientApp mod that hands every call the run's config as its ``context.run_config``.
+
+    The node's own run_config is put back after the call: Flower refuses to store a context
+    whose run_config changed.
+    """
+
+    def __init__(self, run_config: dict[str, str]) -> None:
+        self.run_config = dict(run_config)
+
+    def __call__(self, msg: Message, context: Context,
+                 call_next: Callable[[Message, Context], Message]) -> Message:
+        own = context.run_config
+        context.run_config = dict(self.run_config)
+        try:
+            return call_next(msg, context)
+        finally:
+            context.run_config = own
+
+
+def simulation_apps(config: Config) -> tuple[ServerApp, ClientApp]:
+    """Our ServerApp and ClientApp, both bound to ``config``."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        experiment.run(grid, config)
+
+    client_app = ClientApp(mods=[RunConfigMod({"config-json": to_json(config)})])
+    register(client_app, *client_devices())
+    return server_app, client_app
 
 
 def run_simulation(config: Config, verbose: bool = False) -> None:
     """Run ``config`` with one SuperNode per device; results go to ``config.out``."""
-    run_config = {"config-json": to_json(config)}
     s = config.simulation
-    backend_config = {"client_resources": {"num_cpus": s.client_cpus, "num_gpus": s.client_gpus}}
-    with tempfile.TemporaryDirectory(prefix="flower-eec-") as app_dir:
-        _app_dir(Path(app_dir), run_config)
-        context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(),
-                          run_config=dict(run_config))
-        _run_simulation(num_supernodes=config.topology.num_devices,
-                        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                        client_app=client_app, server_app=server_app,
-                        backend_config=backend_config,  # type: ignore[arg-type]
-                        server_app_context=context, app_dir=app_dir,
-                        # without is_app, Flower gives the SuperNodes an empty run_config
-                        is_app=True, verbose_logging=verbose)
+    server_app, client_app = simulation_apps(config)
+    flower_run_simulation(server_app=server_app, client_app=client_app,
+                          num_supernodes=config.topology.num_devices,
+                          backend_config={"client_resources": {"num_cpus": s.client_cpus,
+                                                               "num_gpus": s.client_gpus}},
+                          verbose_logging=verbose)

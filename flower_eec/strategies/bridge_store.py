@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from flower_eec.models.bridge import BridgeAutoencoder, bridge_samples
+from flower_eec.models.bridge import BridgeAutoencoder, decode
 from flower_eec.protocol.payloads import EmbeddingPayload
 
 
@@ -71,13 +71,3 @@ class BridgeStore:
         return (torch.cat([self._samples[d] for d in devices]),
                 torch.cat([self._labels[d] for d in devices]))
 
-
-def decode(bridge: BridgeAutoencoder, codes: torch.Tensor, mean: Sequence[float],
-           std: Sequence[float], raw: bool, batch_size: int = 1000) -> torch.Tensor:
-    """Bridge samples of ``codes``: normalised like real images, or in [0, 1] when ``raw``."""
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(codes), batch_size):
-            chunk = codes[start:start + batch_size].float()
-            parts.append(bridge.decode(chunk) if raw else bridge_samples(bridge, chunk, mean, std))
-    return torch.cat(parts) if parts else torch.zeros(0)

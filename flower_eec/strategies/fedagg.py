@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any, cast
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -27,11 +28,9 @@ from flower_eec.core.bsbodp import Distillation, distil_pass, logits_on
 from flower_eec.core.losses import SKR
 from flower_eec.errors import PayloadError
 from flower_eec.grid.edge import EdgeGrid
-from flower_eec.models.bridge import BridgeAutoencoder
+from flower_eec.models.bridge import EMBEDDING_SHAPE, BridgeAutoencoder, bridge_digest
+from flower_eec.protocol import names
 from flower_eec.protocol.payloads import (
-    EMBEDDINGS_RECORD,
-    LOGITS_RECORD,
-    TEACHER_RECORD,
     LogitsPayload,
     embeddings_from_record,
     embeddings_limit,
@@ -40,8 +39,7 @@ from flower_eec.protocol.payloads import (
     payload_bytes,
     to_record,
 )
-from flower_eec.protocol.replies import metric_problem
-from flower_eec.run.config import SCHEDULES, SKR_MODES
+from flower_eec.protocol.replies import metric_problem, require_handler
 from flower_eec.strategies.bridge_store import BridgeStore
 from flower_eec.strategies.hierarchical import (
     CLOUD_DIRECT,
@@ -52,7 +50,9 @@ from flower_eec.strategies.hierarchical import (
 )
 from flower_eec.topology import RoundTopology, Topology
 
-EMBED = "query.embed"
+SCHEDULES = ("parallel", "sequential")
+SKR_MODES = ("off", "upward", "both")
+DEVICE_HINT = "FedAggDevice(model_fn, train_data_fn, test_data_fn).register(app)"
 
 
 def state_record(model: nn.Module) -> ArrayRecord:
@@ -71,9 +71,10 @@ class BridgeEdge(Strategy):
     """A parent of devices in FedAgg: an edge (or the cloud, for devices attached to it directly).
 
     It keeps its own model. ``configure_train`` computes its logits once, without autograd, on
-    the bridge samples of the devices it is given and sends each device its rows;
-    ``aggregate_train`` distils from each device's returned logits, one pass per device in
-    device order. It never sends weights.
+    the bridge samples of the devices it is given and sends each device its rows (a
+    ``train.distil`` message); ``aggregate_train`` distils from each device's returned logits,
+    one pass per device in device order. ``configure_evaluate`` asks each device to evaluate
+    the model it keeps (``evaluate.kept``). It never sends weights.
 
     Parameters
     ----------
@@ -97,12 +98,21 @@ class BridgeEdge(Strategy):
         Seeds the order of each pass.
     name : str (default: "edge")
         What logs call this parent.
+    distil_config : Mapping, optional
+        The devices' knobs, sent in every ``train.distil`` message's ``config`` record (over the
+        entries of the ``config`` it is given).
+    evaluate_config : Mapping, optional
+        The knobs of every ``evaluate.kept`` message.
+    evaluate_devices : bool (default: True)
+        Ask the devices to evaluate their kept models; False: ``configure_evaluate`` sends none.
     """
 
     def __init__(self, model: nn.Module, store: BridgeStore, settings: Distillation,
                  device_of: dict[int, int], num_classes: int, fp16: bool = False,
                  fidelity: bool = False, logits_batch: int = 500, seed: int = 0,
-                 name: str = "edge") -> None:
+                 name: str = "edge", distil_config: Mapping[str, Any] | None = None,
+                 evaluate_config: Mapping[str, Any] | None = None,
+                 evaluate_devices: bool = True) -> None:
         self.model = model
         self.name = name
         self.num_classes = num_classes
@@ -113,6 +123,9 @@ class BridgeEdge(Strategy):
         self.fidelity = fidelity
         self.logits_batch = settings.batch_size if fidelity else logits_batch
         self.seed = seed
+        self.distil_config = dict(distil_config or {})
+        self.evaluate_config = dict(evaluate_config or {})
+        self.evaluate_devices = evaluate_devices
         self.members: set[int] = set()  # devices whose bridge samples this edge holds
 
     def summary(self) -> None:
@@ -154,10 +167,11 @@ class BridgeEdge(Strategy):
             payload = LogitsPayload(teacher[start:start + rows].numpy())
             start += rows
             content = RecordDict({
-                TEACHER_RECORD: to_record(payload, fp16=self.fp16),
-                "config": ConfigRecord({**config, "server-round": server_round}),
+                names.TEACHER: to_record(payload, fp16=self.fp16),
+                names.CONFIG: ConfigRecord({**config, **self.distil_config,
+                                            names.SERVER_ROUND: server_round}),
             })
-            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+            messages.append(Message(content, dst_node_id=node, message_type=names.DISTIL))
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -175,15 +189,18 @@ class BridgeEdge(Strategy):
                 self.learn([device], teacher, server_round * 100_003 + device))))
         metrics = mean_records(passes, [1.0] * len(passes))
         merged = mean_metrics(replies)
-        metrics["num-examples"] = merged["num-examples"] if merged else 0
+        metrics[names.NUM_EXAMPLES] = merged[names.NUM_EXAMPLES] if merged else 0
         return state_record(self.model), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Ask each device to evaluate the model it keeps (no weights are sent)."""
-        return [Message(RecordDict({"config": ConfigRecord({**config,
-                                                            "server-round": server_round})}),
-                        dst_node_id=node, message_type=MessageType.EVALUATE)
+        """Ask each device to evaluate the model it keeps (no weights are sent), unless
+        ``evaluate_devices`` is off."""
+        if not self.evaluate_devices:
+            return []
+        knobs = {**config, **self.evaluate_config, names.SERVER_ROUND: server_round}
+        return [Message(RecordDict({names.CONFIG: ConfigRecord(knobs)}), dst_node_id=node,
+                        message_type=names.EVALUATE_KEPT)
                 for node in grid.get_node_ids()]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
@@ -195,9 +212,9 @@ class BridgeEdge(Strategy):
 
 def read_logits(reply: Message, num_samples: int, num_classes: int) -> LogitsPayload:
     """A device's logits from its train reply, validated (raises ``PayloadError``)."""
-    record = reply.content.array_records.get(LOGITS_RECORD)
+    record = reply.content.array_records.get(names.LOGITS)
     if record is None:
-        raise PayloadError(f"the reply holds no '{LOGITS_RECORD}' record "
+        raise PayloadError(f"the reply holds no '{names.LOGITS}' record "
                            f"(it holds {sorted(reply.content.array_records)})")
     return logits_from_record(record, num_samples=num_samples, num_classes=num_classes,
                               max_bytes=logits_limit(num_samples, num_classes))
@@ -208,8 +225,14 @@ class FedAgg(Hierarchical):
 
     Each round: devices that have not yet sent their bridge codes do (``query.embed``; the edge
     keeps them and forwards them to the cloud); every device learns from its edge's logits and
-    returns its own (one ``send_and_receive`` for all devices); each edge distils from each of
-    its devices; then each edge learns from the cloud on its store and the cloud from each edge.
+    returns its own (``train.distil``, one ``send_and_receive`` for all devices); each edge
+    distils from each of its devices; then each edge learns from the cloud on its store and the
+    cloud from each edge. Devices evaluate the model they keep (``evaluate.kept``).
+
+    The devices are ``flower_eec.clients.FedAggDevice``s (registered in any ``ClientApp``).
+    This constructor is the single source of every knob they use: each message carries them
+    in its ``config`` record. A ClientApp that answers none of these messages stops the run
+    with a ``ProtocolError`` naming the missing handler.
 
     Parameters
     ----------
@@ -220,60 +243,78 @@ class FedAgg(Hierarchical):
     edge_model : nn.Module | Callable[[int], nn.Module]
         The edges' model (paper: ResNet-10): deep-copied per edge, or built per edge index.
     bridge : BridgeAutoencoder
-        The frozen autoencoder whose decoder makes the bridge samples.
+        The frozen autoencoder whose decoder makes the bridge samples; the devices must hold
+        the same one (checked when they send their codes).
     mean, std : Sequence[float]
-        The dataset's normalisation (bridge samples are normalised like real images).
+        The per-channel normalisation of the devices' data: bridge samples are normalised like
+        their real images. Each device reports its own with its codes; a device whose values
+        differ is refused (it fails, with both values in the reason).
     T, beta : float (default: 3.0, 10.0)
-        Temperature and KD weight of the non-leaf loss (paper values).
+        Temperature (every pass) and KD weight of the non-leaf loss (paper values).
+    beta_leaf, gamma : float (default: 1.0, 1.0)
+        The devices' leaf loss ``CE(bridge) + beta_leaf * KD + gamma * CE(real images)``
+        (beta_leaf 1: the official code's devices).
     lr, momentum, weight_decay, batch_size :
-        SGD of every server-side pass (paper: 1e-3, 0.9, 0, 8); a fresh optimiser per pass.
+        SGD of every pass, server and devices (paper: 1e-3, 0.9, 0, 8); a fresh optimiser per
+        pass.
     clip : float (default: 0.0)
-        Largest gradient norm of a server-side step; 0: unclipped (the papers). Devices read
-        their own config's ``fedagg.clip``.
+        Largest gradient norm of every step, server and devices; 0: unclipped (the papers).
+    augment, cutout : bool, int (default: True, 0)
+        The devices' augmentation of their real images (random crop and flip; cutout size).
     schedule : str (default: "parallel")
         ``parallel``: all devices at once, then all edges learn from the cloud, then the cloud
         from each edge. ``sequential``: the official demo's depth-first order, one device at a
         time (edge e: each device k learns from e, then e from k; then e <-> cloud).
     fidelity : bool (default: False)
-        The demo's BatchNorm in training mode for logits, unshuffled passes, [0, 1] bridge samples.
+        The demo's BatchNorm in training mode for logits and testing, unshuffled passes,
+        [0, 1] bridge samples, augmentation drawn once (devices too).
     fp16 : bool (default: False)
-        Logits travel as float16 (the devices' ``fedagg.fp16`` decides it for their codes).
+        Codes and logits travel as float16 (half the bytes).
     skr : str (default: "off")
-        FedEEC's self-knowledge rectification on the server's passes: ``upward`` (edges learning
-        from devices, the cloud from edges), ``both`` (also edges from the cloud) or ``off``.
-        Devices follow their own config (``fedeec.skr=both``).
+        FedEEC's self-knowledge rectification: ``upward`` (edges learning from devices, the
+        cloud from edges), ``both`` (also edges from the cloud and devices from their parent)
+        or ``off``.
     rectification : SKR, optional
         The parts of SKR that apply where it does (default: both).
     embedding_shape : tuple (default: (4, 8, 8))
-        Shape of one code (32x32 images).
+        Shape of one code (32x32 images; ``(4, H/4, W/4)`` in general).
     num_classes : int (default: 10)
     logits_batch : int (default: 500)
-        Batch size of no-grad logits passes.
+        Batch size of no-grad logits passes and of the devices' evaluation
+        (``batch_size`` under ``fidelity``).
+    evaluate_devices : bool (default: True)
+        Ask the devices to evaluate their kept models after each evaluated round.
     seed : int (default: 0)
+        Seeds the order of every pass and the devices' augmentation.
     torch_device : torch.device, optional
         Where bridge samples are kept (the models' device).
     **kwargs
         Passed to ``Hierarchical`` (``evaluate_edges``, ``evaluate_every``, ``on_round``, ...).
+
+    Entries of ``start``'s ``train_config`` and ``evaluate_config`` go to the devices too;
+    these knobs win over entries of the same name.
     """
 
     def __init__(self, topology: Topology, cloud_model: nn.Module,
                  edge_model: nn.Module | Callable[[int], nn.Module], bridge: BridgeAutoencoder,
                  mean: Sequence[float], std: Sequence[float], *, T: float = 3.0,
-                 beta: float = 10.0, lr: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0, batch_size: int = 8, clip: float = 0.0,
-                 schedule: str = "parallel",
-                 fidelity: bool = False, fp16: bool = False, skr: str = "off",
-                 rectification: SKR | None = None,
-                 embedding_shape: tuple[int, ...] = (4, 8, 8), num_classes: int = 10,
-                 logits_batch: int = 500, seed: int = 0,
+                 beta: float = 10.0, beta_leaf: float = 1.0, gamma: float = 1.0,
+                 lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
+                 batch_size: int = 8, clip: float = 0.0, augment: bool = True, cutout: int = 0,
+                 schedule: str = "parallel", fidelity: bool = False, fp16: bool = False,
+                 skr: str = "off", rectification: SKR | None = None,
+                 embedding_shape: tuple[int, ...] = EMBEDDING_SHAPE, num_classes: int = 10,
+                 logits_batch: int = 500, evaluate_devices: bool = True, seed: int = 0,
                  torch_device: torch.device | None = None, **kwargs: Any) -> None:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if skr not in SKR_MODES:
             raise ValueError(f"skr must be one of {SKR_MODES}, got {skr!r}")
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std differ in length ({len(mean)} and {len(std)})")
         self.schedule = schedule
         self.fp16 = fp16
-        self.embedding_shape = embedding_shape
+        self.embedding_shape = tuple(embedding_shape)
         self.num_classes = num_classes
         self.cloud_model = cloud_model
         self.store = BridgeStore(bridge, mean, std, raw=fidelity, device=torch_device)
@@ -286,6 +327,25 @@ class FedAgg(Hierarchical):
                                             skr=rectification if skr == "both" else None)
         self.skr = skr
         self._device_of: dict[int, int] = {}
+        # what the devices receive: every knob of theirs, from these arguments only
+        batch = batch_size if fidelity else logits_batch
+        # the keys of ``flower_eec.clients.TrainSettings`` (strategies do not import clients;
+        # tests/test_fedagg_device.py checks that the device reads them back)
+        training = {"lr": lr, "momentum": momentum, "weight-decay": weight_decay,
+                    "batch-size": batch_size, "local-epochs": 1, "augment": augment,
+                    "cutout": cutout, "seed": seed}
+        self.embed_config: dict[str, Any] = {names.FP16: fp16,
+                                             names.BRIDGE_DIGEST: bridge_digest(bridge)}
+        self.distil_config: dict[str, Any] = {
+            **training, names.TEMPERATURE: T, names.BETA_LEAF: beta_leaf,
+            names.GAMMA: gamma, names.CLIP: clip, names.FP16: fp16, names.FIDELITY: fidelity,
+            names.SKR: skr == "both", names.SKR_SELF_KNOWLEDGE: rectification.self_knowledge,
+            names.SKR_SWAP: rectification.swap, names.LOGITS_BATCH: batch,
+            names.NUM_CLASSES: num_classes}
+        self.evaluate_config: dict[str, Any] = {names.EVAL_BATCH_SIZE: batch,
+                                                names.FIDELITY: fidelity}
+        self._distil_errors: list[Message] = []  # this round's error replies to train.distil
+        self._distil_replies = 0
 
         def tier(group: int) -> BridgeEdge:
             if group == CLOUD_DIRECT:
@@ -298,7 +358,10 @@ class FedAgg(Hierarchical):
                               num_classes=num_classes, fp16=fp16,
                               fidelity=fidelity, logits_batch=logits_batch,
                               seed=seed * 1_000 + group + 1,
-                              name="cloud" if group == CLOUD_DIRECT else f"edge{group}")
+                              name="cloud" if group == CLOUD_DIRECT else f"edge{group}",
+                              distil_config=self.distil_config,
+                              evaluate_config=self.evaluate_config,
+                              evaluate_devices=evaluate_devices)
 
         super().__init__(edge=tier, topology=topology, **kwargs)
         self.bridges = cast(dict[int, BridgeEdge], self.edges)  # the same objects, typed
@@ -324,8 +387,8 @@ class FedAgg(Hierarchical):
 
     # --- the stores -----------------------------------------------------------------------
 
-    def _collect_embeddings(self, grid: Grid, view: RoundTopology, timeout: float,
-                            report: RoundReport) -> None:
+    def _collect_embeddings(self, grid: Grid, server_round: int, view: RoundTopology,
+                            timeout: float, report: RoundReport) -> None:
         """Ask taking-part devices without a store entry for their codes (round 1: everyone)."""
         devices = [d for d in view.participants() if d not in self.store]
         if not devices:
@@ -333,9 +396,12 @@ class FedAgg(Hierarchical):
         cloud_direct = set(view.cloud_direct())
         group_of = {self.node_of[d]: CLOUD_DIRECT if d in cloud_direct else int(view.edge_of[d])
                     for d in devices}
-        messages = [Message(RecordDict(), dst_node_id=node, message_type=EMBED)
+        knobs = {**self.embed_config, names.SERVER_ROUND: server_round}
+        messages = [Message(RecordDict({names.CONFIG: ConfigRecord(knobs)}), dst_node_id=node,
+                            message_type=names.EMBED)
                     for node in group_of]
         replies = list(grid.send_and_receive(messages, timeout=timeout))
+        require_handler(replies, DEVICE_HINT)
         report.count(messages, replies, group_of)
         started = time.perf_counter()
         by_group = self.split_replies(replies, group_of, report, self._accept_embeddings)
@@ -358,12 +424,15 @@ class FedAgg(Hierarchical):
         declared = int(cast(float, metrics[self.weighted_by_key]))
         device = self.device_of[reply.metadata.src_node_id]
         answer = self.described.get(device)
-        described = answer.get("num-train") if answer is not None else None
+        described = answer.get(names.NUM_TRAIN) if answer is not None else None
         if isinstance(described, int) and declared != described:
             return f"declares {declared} codes but described {described} training examples"
-        record = reply.content.array_records.get(EMBEDDINGS_RECORD)
+        problem = self._normalisation_problem(reply)
+        if problem:
+            return problem
+        record = reply.content.array_records.get(names.EMBEDDINGS)
         if record is None:
-            return f"the reply holds no '{EMBEDDINGS_RECORD}' record"
+            return f"the reply holds no '{names.EMBEDDINGS}' record"
         try:
             payload = embeddings_from_record(
                 record, num_classes=self.num_classes, num_samples=declared,
@@ -372,6 +441,22 @@ class FedAgg(Hierarchical):
         except PayloadError as err:
             return f"bad embeddings: {err}"
         self.store.add(device, payload, payload_bytes(record))
+        return None
+
+    def _normalisation_problem(self, reply: Message) -> str | None:
+        """Why the device's data is normalised otherwise than the store's samples, or None."""
+        sent = reply.content.config_records.get(names.CONFIG)
+        mean = sent.get(names.DATA_MEAN) if sent is not None else None
+        std = sent.get(names.DATA_STD) if sent is not None else None
+        if not (_numbers(mean) and _numbers(std)):
+            return (f"the reply's '{names.CONFIG}' record lacks the data's '{names.DATA_MEAN}' "
+                    f"and '{names.DATA_STD}' (lists of numbers)")
+        found = (cast(list[float], mean), cast(list[float], std))
+        ours = (list(self.store.mean), list(self.store.std))
+        if not (_close(found[0], ours[0]) and _close(found[1], ours[1])):
+            return (f"its data has mean {found[0]} and std {found[1]}, but this FedAgg normalises "
+                    f"bridge samples with mean {ours[0]} and std {ours[1]}: give FedAgg the "
+                    "devices' mean and std")
         return None
 
     def _place_stores(self, view: RoundTopology, report: RoundReport) -> None:
@@ -395,11 +480,23 @@ class FedAgg(Hierarchical):
                      config: ConfigRecord, timeout: float, report: RoundReport
                      ) -> tuple[ArrayRecord, MetricRecord | None]:
         view = self.topology.at_round(server_round)
-        self._collect_embeddings(grid, view, timeout, report)
+        self._collect_embeddings(grid, server_round, view, timeout, report)
         self._place_stores(view, report)
+        self._distil_errors, self._distil_replies = [], 0
         if self.schedule == "parallel":
-            return super().cloud_round(grid, server_round, cloud, config, timeout, report)
-        return self._sequential_round(grid, server_round, config, timeout, report, view)
+            result = super().cloud_round(grid, server_round, cloud, config, timeout, report)
+        else:
+            result = self._sequential_round(grid, server_round, config, timeout, report, view)
+        if self._distil_replies and len(self._distil_errors) == self._distil_replies:
+            require_handler(self._distil_errors, DEVICE_HINT)
+        return result
+
+    def merge_evaluate(self, server_round: int, replies: list[Message],
+                       group_of: dict[int, int]) -> MetricRecord | None:
+        """The devices' evaluation of their kept models, merged by examples (a ClientApp that
+        cannot evaluate them stops the run)."""
+        require_handler(replies, DEVICE_HINT)
+        return super().merge_evaluate(server_round, replies, group_of)
 
     def _sequential_round(self, grid: Grid, server_round: int, config: ConfigRecord,
                           timeout: float, report: RoundReport, view: RoundTopology
@@ -430,12 +527,13 @@ class FedAgg(Hierarchical):
                 report.server_s += time.perf_counter() - started
         report.edges = [{"edge": g, "examples": examples.get(g, 0.0)}
                         for g in range(self.topology.num_edges)]
-        merged = mean_records(metrics, [1.0] * len(metrics)) if metrics else None
-        return state_record(self.cloud_model), merged
+        return state_record(self.cloud_model), self.merge_edge_metrics(metrics)
 
     def reply_problem(self, reply: Message, group: int) -> str | None:
         """A device's train reply must hold finite logits, one row per bridge sample it owns."""
+        self._distil_replies += 1
         if reply.has_error():
+            self._distil_errors.append(reply)
             return f"error reply: {reply.error.reason}"
         device = self.device_of[reply.metadata.src_node_id]
         try:
@@ -476,3 +574,15 @@ class FedAgg(Hierarchical):
         except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
             log(WARNING, "The cloud could not learn from edge %s this round (%s)", edge, exc)
         self.edge_arrays[edge] = state_record(self.bridges[edge].model)
+
+
+def _numbers(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+def _close(found: Sequence[float], expected: Sequence[float]) -> bool:
+    # float32 statistics sent as float64 differ from the same constants in the 8th digit
+    return len(found) == len(expected) and all(
+        math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7) for a, b in zip(found, expected,
+                                                                        strict=True))

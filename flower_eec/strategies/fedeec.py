@@ -20,9 +20,10 @@ class FedEEC(FedAgg):
     ``upward``: where a parent learns from a child (edge from device, cloud from edge), the
     target is ``skr_target`` (the teacher where it is right, else the student's own knowledge
     where that is right, else the teacher with the true class swapped to the top). ``both``: also
-    where a child learns from its parent. ``off``: FedAgg, pass for pass.
+    where a child learns from its parent (edges from the cloud, and devices: their
+    ``train.distil`` messages say so). ``off``: FedAgg, pass for pass.
 
-    Parameters are those of ``FedAgg``.
+    Parameters are those of ``FedAgg``; its devices are ``FedAggDevice``s.
     """
 
     def __init__(self, *args: Any, skr: str = "upward", **kwargs: Any) -> None:

@@ -3,13 +3,14 @@
 ``FedIN`` is one tier: flat over all devices (Flower's ``Strategy.start``) or an edge of
 ``HierFedIN``. It sends every device its slice of the global (deepest) model, aggregates layer-wise
 and, for FedIN, forwards to each device one feature batch of another device of the previous round.
+Devices answer with ``flower_eec.clients.fedin.FedINDevice``; every knob they use is set here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import (
@@ -17,17 +18,19 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Message,
-    MessageType,
     MetricRecord,
     RecordDict,
 )
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
-from flower_eec.clients.fedin import ARRAYS, FEATURES, FeatureSpec
 from flower_eec.errors import PayloadError
-from flower_eec.protocol.replies import metric_problem
+from flower_eec.grid.discovery import place_devices
+from flower_eec.protocol import names
+from flower_eec.protocol.names import ARRAYS, FEATURES
+from flower_eec.protocol.payloads import FeatureSpec
+from flower_eec.protocol.replies import metric_problem, require_handler
 from flower_eec.strategies.hierarchical import CLOUD_DIRECT, Hierarchical, RoundReport, mean_metrics
 from flower_eec.strategies.layerwise import key_weights, layerwise_average
 from flower_eec.topology import Topology
@@ -35,6 +38,15 @@ from flower_eec.topology import Topology
 TensorSpec = Mapping[str, tuple[tuple[int, ...], str]]
 QP_COUNTS = ("qp_steps", "qp_loc_binds", "qp_in_binds")
 COUNTERS = (*QP_COUNTS, "feature_bytes_down", "feature_bytes_up")
+REGISTER = "FedINDevice(model_fn, train_data_fn, test_data_fn).register(app)"
+
+
+class Settings(Protocol):
+    """How devices train: has ``to_config()``, e.g. ``flower_eec.clients.TrainSettings``."""
+
+    def to_config(self) -> dict[str, Any]:
+        """The knobs as ``config`` record entries."""
+        ...
 
 
 def tensor_spec(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -62,35 +74,86 @@ def pick_sources(devices: list[int], holders: list[int], seed: int, server_round
     return chosen
 
 
+def check_answered(answered: set[str], replies: list[Message]) -> None:
+    """Fail fast on the first replies of each message type (``answered`` holds the types seen).
+
+    Raises:
+        ProtocolError: Every reply says its ClientApp has no handler for the message type.
+    """
+    if replies and replies[0].metadata.message_type not in answered:
+        require_handler(replies, REGISTER)
+        answered.add(replies[0].metadata.message_type)
+
+
+def check_config(config: ConfigRecord | None, knobs: Mapping[str, Any], what: str) -> None:
+    """Refuse a ``train_config``/``evaluate_config`` that sets a knob the constructor sets.
+
+    Raises:
+        ValueError: Naming the knob: the constructor is its only source.
+    """
+    given = dict(config or {})
+    clash = sorted(k for k, v in given.items() if k in knobs and v != knobs[k])
+    if clash:
+        raise ValueError(f"{what} sets {clash}, which FedIN's constructor sets (train=..., "
+                         "mu=..., features=..., evaluate_batch_size=...): set them there only")
+
+
 class FedIN(Strategy):
     """FedIN's server tier (HeteroAvg when ``features`` is None).
+
+    Devices answer ``train.fedin`` and ``evaluate.fedin`` with ``FedINDevice`` registered in
+    their ClientApp; each train message carries the device's slice of the global model, this
+    constructor's knobs and (FedIN, from round 2) another device's feature batch.
 
     Parameters
     ----------
     model_of : Mapping[int, TensorSpec]
-        Device index -> name, shape and dtype of every tensor of its model (a subset of the global
-        model's).
+        Device index (its ``partition-id``) -> name, shape and dtype of every tensor of its model
+        (a subset of the global model's), e.g. ``tensor_spec(ArrayRecord(model.state_dict()))``.
     features : FeatureSpec | None
-        FedIN's feature batch spec; ``None`` for HeteroAvg (no feature exchange, no IN training).
+        FedIN's feature batch (per-sample shapes at the E/IN split, samples, fp16, byte limit);
+        ``None`` for HeteroAvg (no feature exchange, no IN training).
+    train : Settings
+        The devices' local training, e.g. ``TrainSettings(lr=0.01, epochs=1, batch_size=32)``.
+    mu : float (default: 1.0)
+        Weight of the IN-alignment gradient in the conflict QP's target (FedIN only).
     seed : int (default: 0)
         Seed of the choice of whose features a device receives.
     evaluate_devices : bool (default: True)
         Ask every device to evaluate its slice of the global model on its local test split.
+    evaluate_batch_size : int (default: 500)
+        Images per forward pass of the devices' evaluation.
     weighted_by_key : str (default: "num-examples")
         The metric that weights the averages.
+    node_wait : float (default: 60.0)
+        Flat ``start`` only: seconds to wait for ``len(model_of)`` nodes before discovery.
 
-    ``device_of`` (node id -> device index) must be set before the first round (``HierFedIN`` and
-    the flat runner set it after discovery).
+    ``device_of`` (node id -> device index) is found on first use (``query.describe``, else
+    sorted node ids) unless set before (``HierFedIN`` and our runner set it after their own
+    discovery).
     """
 
     def __init__(self, model_of: Mapping[int, TensorSpec], features: FeatureSpec | None = None,
-                 seed: int = 0, evaluate_devices: bool = True,
-                 weighted_by_key: str = "num-examples") -> None:
+                 *, train: Settings, mu: float = 1.0, seed: int = 0,
+                 evaluate_devices: bool = True, evaluate_batch_size: int = 500,
+                 weighted_by_key: str = "num-examples", node_wait: float = 60.0) -> None:
+        if mu < 0:
+            raise ValueError(f"mu={mu}: use a weight >= 0")
+        if evaluate_batch_size < 1:
+            raise ValueError(f"evaluate_batch_size={evaluate_batch_size}: use at least 1")
         self.model_of = model_of
         self.features = features
+        self.mu = mu
         self.seed = seed
         self.evaluate_devices = evaluate_devices
         self.weighted_by_key = weighted_by_key
+        self.node_wait = node_wait
+        # Every knob a device uses, from here only.
+        self.train_knobs: dict[str, Any] = {**train.to_config(),
+                                            names.SEND_FEATURES: features is not None}
+        if features is not None:
+            self.train_knobs.update({names.MU: float(mu), **features.to_config()})
+        self.evaluate_knobs: dict[str, Any] = {names.EVAL_BATCH_SIZE: evaluate_batch_size}
         self.device_of: dict[int, int] = {}
         self.store: dict[int, ArrayRecord] = {}  # device -> its last feature batch
         self.key_examples: dict[str, float] = {}
@@ -100,8 +163,31 @@ class FedIN(Strategy):
         self.last_evaluate: MetricRecord | None = None
         # Flat, this tier also names devices that never replied; under Hierarchical the cloud does.
         self.count_missing = True
+        self.answered: set[str] = set()  # message types some device has answered
         self._base = ArrayRecord()
         self._sent: set[int] = set()
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
+              ) -> Result:
+        """Flower's ``Strategy.start``, after finding which node is which device.
+
+        Raises:
+            ValueError: ``train_config``/``evaluate_config`` set a knob this constructor sets.
+            ProtocolError: No device answers FedIN's messages (see ``FedINDevice``).
+        """
+        check_config(train_config, self.train_knobs, "train_config")
+        check_config(evaluate_config, self.evaluate_knobs, "evaluate_config")
+        if not self.device_of:
+            self.place(grid, timeout)
+        return super().start(grid, initial_arrays, num_rounds, timeout, train_config,
+                             evaluate_config, evaluate_fn)
+
+    def place(self, grid: Grid, timeout: float = 3600.0) -> None:
+        """Match Flower nodes to the devices of ``model_of`` (sets ``device_of``)."""
+        _, self.device_of = place_devices(grid, len(self.model_of), self.node_wait, timeout)
 
     def summary(self) -> None:
         """Log what this tier does."""
@@ -109,8 +195,9 @@ class FedIN(Strategy):
             "HeteroAvg (layer-wise averaging)")
         log(INFO, "\t├──> %s over %d device models", what, len(self.model_of))
         if self.features:
-            log(INFO, "\t└──> feature batch: %d samples, %d bytes (%s)", self.features.batch,
-                self.features.batch_bytes, "fp16" if self.features.fp16 else "fp32")
+            log(INFO, "\t└──> mu %g, feature batch: %d samples, %d bytes (%s)", self.mu,
+                self.features.batch, self.features.batch_bytes,
+                "fp16" if self.features.fp16 else "fp32")
 
     def _device(self, node: int) -> int:
         return self.device_of[node]
@@ -118,6 +205,8 @@ class FedIN(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Per device: its slice of ``arrays``, the config and (FedIN) another device's features."""
+        if not self.device_of:
+            self.place(grid)
         self._base = arrays
         self.failures = {}
         nodes = sorted(grid.get_node_ids())
@@ -128,11 +217,12 @@ class FedIN(Strategy):
         for node, device in zip(nodes, devices, strict=True):
             content = RecordDict({
                 ARRAYS: sub_record(arrays, self.model_of[device]),
-                "config": ConfigRecord({**config, "server-round": server_round})})
+                names.CONFIG: ConfigRecord({**config, **self.train_knobs,
+                                            names.SERVER_ROUND: server_round})})
             if device in sources:
                 content[FEATURES] = self.store[sources[device]]
                 self.counters["feature_bytes_down"] += content[FEATURES].count_bytes()
-            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+            messages.append(Message(content, dst_node_id=node, message_type=names.FEDIN_TRAIN))
         return messages
 
     def reply_problem(self, reply: Message) -> str | None:
@@ -173,7 +263,13 @@ class FedIN(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Layer-wise average of the valid replies; keep their feature batches for next round."""
+        """Layer-wise average of the valid replies; keep their feature batches for next round.
+
+        Raises:
+            ProtocolError: In the first round with replies, every device lacks the handler.
+        """
+        replies = list(replies)
+        check_answered(self.answered, replies)
         valid: list[Message] = []
         answered = set()
         for reply in replies:
@@ -189,7 +285,7 @@ class FedIN(Strategy):
             return None, None
         states = [{k: a.numpy() for k, a in r.content.array_records[ARRAYS].items()}
                   for r in valid]
-        weights = [float(r.content.metric_records["metrics"][self.weighted_by_key])  # type: ignore[arg-type]
+        weights = [float(r.content.metric_records[names.METRICS][self.weighted_by_key])  # type: ignore[arg-type]
                    for r in valid]
         base = {k: a.numpy() for k, a in self._base.items()}
         averaged = layerwise_average(states, weights, base)
@@ -208,15 +304,19 @@ class FedIN(Strategy):
         """Per device, its slice of the global model (nothing when device evaluation is off)."""
         if not self.evaluate_devices:
             return []
+        if not self.device_of:
+            self.place(grid)
+        knobs = {**config, **self.evaluate_knobs, names.SERVER_ROUND: server_round}
         return [Message(RecordDict({ARRAYS: sub_record(arrays, self.model_of[self._device(n)]),
-                                    "config": ConfigRecord({**config,
-                                                            "server-round": server_round})}),
-                        dst_node_id=n, message_type=MessageType.EVALUATE)
+                                    names.CONFIG: ConfigRecord(dict(knobs))}),
+                        dst_node_id=n, message_type=names.FEDIN_EVALUATE)
                 for n in sorted(grid.get_node_ids())]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         """Example-weighted mean of the devices' local accuracy and loss."""
+        replies = list(replies)
+        check_answered(self.answered, replies)
         valid = [r for r in replies if not r.has_error()
                  and metric_problem(r.content, self.weighted_by_key) is None]
         self.last_evaluate = mean_metrics(valid, self.weighted_by_key)
@@ -230,7 +330,7 @@ class FedIN(Strategy):
 
 def _train_metrics(replies: list[Message], weighted_by_key: str) -> MetricRecord:
     """Weighted mean of loss/accuracy (and alignment loss where reported), sums of QP counts."""
-    records = [r.content.metric_records["metrics"] for r in replies]
+    records = [r.content.metric_records[names.METRICS] for r in replies]
     weights = [float(m[weighted_by_key]) for m in records]  # type: ignore[arg-type]
     merged: dict[str, Any] = {weighted_by_key: int(sum(weights))}
     for key in ("train_loss", "train_accuracy", "in_loss"):
@@ -257,8 +357,8 @@ class HierFedIN(Hierarchical):
 
     Parameters
     ----------
-    model_of, features, seed, evaluate_devices
-        As in ``FedIN`` (shared by every edge).
+    model_of, features, train, mu, seed, evaluate_devices, evaluate_batch_size
+        As in ``FedIN`` (shared by every edge): the single source of the devices' knobs.
     topology : Topology
         Cloud -> edges -> devices.
     **kwargs
@@ -266,14 +366,52 @@ class HierFedIN(Hierarchical):
     """
 
     def __init__(self, model_of: Mapping[int, TensorSpec], topology: Topology,
-                 features: FeatureSpec | None = None, seed: int = 0,
-                 evaluate_devices: bool = True, **kwargs: Any) -> None:
-        super().__init__(edge=lambda group: FedIN(model_of, features, seed, evaluate_devices),
-                         topology=topology, **kwargs)
-        self.edges: dict[int, FedIN]  # type: ignore[assignment]
+                 features: FeatureSpec | None = None, *, train: Settings, mu: float = 1.0,
+                 seed: int = 0, evaluate_devices: bool = True, evaluate_batch_size: int = 500,
+                 **kwargs: Any) -> None:
+        def edge(group: int) -> FedIN:
+            return FedIN(model_of, features, train=train, mu=mu, seed=seed,
+                         evaluate_devices=evaluate_devices,
+                         evaluate_batch_size=evaluate_batch_size)
 
-    def setup(self, grid: Grid, timeout: float) -> None:
-        """Tell every edge which node is which device (known after discovery)."""
+        super().__init__(edge=edge, topology=topology, **kwargs)
+        self.edges: dict[int, FedIN]  # type: ignore[assignment]
+        self.answered: set[str] = set()
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
+              ) -> Result:
+        """``Hierarchical.start``, after refusing configs that would override FedIN's knobs.
+
+        Raises:
+            ValueError: ``train_config``/``evaluate_config`` set a knob the constructor sets.
+            ProtocolError: No device answers FedIN's messages (see ``FedINDevice``).
+        """
+        check_config(train_config, self.edges[CLOUD_DIRECT].train_knobs, "train_config")
+        check_config(evaluate_config, self.edges[CLOUD_DIRECT].evaluate_knobs,
+                     "evaluate_config")
+        return super().start(grid, initial_arrays, num_rounds, timeout, train_config,
+                             evaluate_config, evaluate_fn)
+
+    def split_replies(self, replies: Iterable[Message], group_of: dict[int, int],
+                      report: RoundReport, check: Callable[[Message, int], str | None]
+                      ) -> dict[int, list[Message]]:
+        """``Hierarchical``'s, failing fast when no device answers the first train messages."""
+        replies = list(replies)
+        check_answered(self.answered, replies)
+        return super().split_replies(replies, group_of, report, check)
+
+    def merge_evaluate(self, server_round: int, replies: list[Message],
+                       group_of: dict[int, int]) -> MetricRecord | None:
+        """``Hierarchical``'s, failing fast when no device answers the first evaluate messages."""
+        check_answered(self.answered, replies)
+        return super().merge_evaluate(server_round, replies, group_of)
+
+    def place(self, grid: Grid, timeout: float = 3600.0) -> None:
+        """``Hierarchical.place``, then tell every edge which node is which device."""
+        super().place(grid, timeout)
         for edge in self.edges.values():
             edge.device_of = self.device_of
             edge.count_missing = False

@@ -1,6 +1,8 @@
 """A standard Flower ClientApp: train and evaluate a small CNN, nothing flower-eec specific.
 
-It answers only ``train`` and ``evaluate``; flower-eec places its nodes by sorted node id.
+It answers only ``train`` and ``evaluate``. flower-eec asks one node for ``query.describe``,
+learns from its error reply that this app does not answer it, and places the nodes by sorted node
+id (``Hierarchical(..., discover=False)`` would not ask at all).
 """
 
 from functools import lru_cache

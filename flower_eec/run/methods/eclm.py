@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord
+from collections.abc import Callable
 
+import numpy as np
+from flwr.app import ArrayRecord, Context
+
+from flower_eec.clients.device import TrainSettings
 from flower_eec.clients.eclm import ECLMDevice
+from flower_eec.core.eclm_math import device_budget
 from flower_eec.core.eclm_training import offline_stage
 from flower_eec.grid.metered import MeteredGrid
 from flower_eec.models import count_parameters
-from flower_eec.models.modular import ModularNet, module_sizes
+from flower_eec.models.modular import ModularNet
 from flower_eec.run.config import Config
-from flower_eec.run.devices import build_device_model, device_model, test_data, train_data
-from flower_eec.run.experiment import (
-    build_topology,
-    start_point,
-    timing,
-)
-from flower_eec.run.federated import federated_data
+from flower_eec.run.devices import build_device_model, device_setup, train_data
+from flower_eec.run.experiment import build_topology, start_point, timing
+from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
+from flower_eec.run.shift import data_at_round
 from flower_eec.strategies.eclm import ECLM, EclmRoundReport
+
+
+def strategy_of(config: Config,
+                on_round: Callable[[EclmRoundReport], None] | None = None) -> ECLM:
+    """The ECLM strategy with every knob the devices use taken from ``config``."""
+    e, t, d = config.eclm, config.train, config.data
+    data = federated_data(config)
+    return ECLM(
+        build_topology(config), num_classes=data.dataset.num_classes,
+        in_channels=data.dataset.in_channels, layers=e.layers, modules=e.modules,
+        top_k=e.top_k, channels=e.channels, selector_norm=e.selector_norm,
+        eval_batch_size=config.eval.batch_size,
+        train=TrainSettings(lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                            batch_size=t.batch_size, epochs=t.local_epochs, augment=d.augment,
+                            cutout=d.cutout, seed=config.seed),
+        cloud_weight=e.cloud_weight, evaluate_every=config.eval.every,
+        on_round=on_round,
+        node_wait=config.simulation.node_wait)
 
 
 def run_eclm(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
@@ -29,17 +48,15 @@ def run_eclm(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
     e, t = config.eclm, config.train
     data = federated_data(config)
     model = build_device_model(config, data, "modular")
-    assert isinstance(model, ModularNet)
     model.load_state_dict(initial.to_torch_state_dict())
+    assert isinstance(model, ModularNet)
     offline = offline_stage(model, data.public_train(), epochs=e.offline_epochs,
                             batch_size=t.batch_size, lr=t.lr, lb_weight=e.lb_weight,
                             momentum=t.momentum, weight_decay=t.weight_decay,
                             augmented=config.data.augment, cutout=config.data.cutout,
                             gate_noise=e.gate_noise, seed=config.seed)
     cloud = ArrayRecord(model.state_dict())
-    offline["cloud"] = dict(evaluate_fn(0, cloud) or {})
     recorder.note("eclm_offline", offline)
-    sizes, shared = module_sizes(model)
     full = {"full_model_params": count_parameters(model), "full_model_bytes": cloud.count_bytes()}
 
     def on_round(report: EclmRoundReport) -> None:
@@ -59,17 +76,32 @@ def run_eclm(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
                      **full},
         })
 
-    strategy = ECLM(topology=build_topology(config), module_params=np.array(sizes),
-                    shared_params=shared, cloud_weight=e.cloud_weight,
-                    evaluate_every=config.eval.every, on_round=on_round,
-                    node_wait=config.simulation.node_wait)
-    strategy.start(grid, cloud, num_rounds=t.rounds, timeout=config.simulation.timeout,
-                   train_config=ConfigRecord({"lr": t.lr}), evaluate_fn=evaluate_fn)
+    result = strategy_of(config, on_round).start(grid, cloud, num_rounds=t.rounds,
+                                                 timeout=config.simulation.timeout,
+                                                 evaluate_fn=evaluate_fn)
+    # ``start`` evaluates the initial (offline-trained) cloud model as round 0.
+    offline["cloud"] = dict(result.evaluate_metrics_serverapp.get(0, {}))
+    recorder.note("eclm_offline", offline)
+
+
+def budget_of(config: Config, data: FederatedData, device: int, server_round: int) -> int:
+    """The device's budget (max sub-model parameters) at ``server_round``: a fraction of the full
+    model drawn in [``eclm.budget_low``, ``eclm.budget_high``] every ``eclm.budget_every``."""
+    full = count_parameters(build_device_model(config, data, "modular"))
+    e = config.eclm
+    return device_budget(full, device, server_round, seed=config.seed, low=e.budget_low,
+                         high=e.budget_high, every=e.budget_every)
+
+
+def app_budget(context: Context, server_round: int) -> int:
+    """Our app's device budget: ``budget_of`` for this node (a local setting of the run)."""
+    config, data, device = device_setup(context)
+    return budget_of(config, data, device, server_round)
 
 
 def app_device() -> ECLMDevice:
-    """Our ClientApp's ECLM device."""
-    return ECLMDevice(device_model, train_data, test_data)
+    """Our ClientApp's ECLM device: its shard under the shift schedule, its fluctuating budget."""
+    return ECLMDevice(train_data, budget_fn=app_budget, data_at_round_fn=data_at_round)
 
 
 ECLM_METHOD = Method(name="eclm", run=run_eclm, device=app_device, section="eclm")

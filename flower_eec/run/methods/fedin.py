@@ -1,29 +1,89 @@
-"""FedIN and HeteroAvg from the run config: depth-heterogeneous devices, layer-wise averaging."""
+"""FedIN and HeteroAvg from the run config: depth-heterogeneous devices, layer-wise averaging.
+
+The run config is read here (and only here) for FedIN: the server's knobs go into ``FedIN`` /
+``HierFedIN``'s constructor, and our app's device gets its depth's model from ``app_device``.
+"""
 
 from __future__ import annotations
 
 import time
+from functools import lru_cache, partial
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+import torch
+from flwr.app import ArrayRecord, Context, MetricRecord
 
-from flower_eec.clients.fedin import FedINDevice, device_depth, feature_spec, fedin_model
+from flower_eec.clients.fedin import FedINDevice
 from flower_eec.core.learning import evaluate, torch_device
+from flower_eec.errors import ConfigError
 from flower_eec.grid.discovery import place_devices
 from flower_eec.grid.metered import MeteredGrid
-from flower_eec.models.fedin import deepest
+from flower_eec.models.fedin import assign_depths, build_fedin_model, deepest, feature_shapes
+from flower_eec.models.resnet import ResNet
+from flower_eec.protocol.payloads import (
+    FEATURE_RECORD_OVERHEAD,
+    FeatureSpec,
+    feature_bytes_per_sample,
+)
 from flower_eec.run.config import Config
-from flower_eec.run.devices import device_model, test_data, train_data
+from flower_eec.run.devices import device_setup, test_data, train_data
 from flower_eec.run.experiment import (
     EvaluateFn,
     build_topology,
     round_recorder,
     timing,
+    train_settings,
 )
 from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
 from flower_eec.strategies.fedin import FedIN, HierFedIN, sub_record, tensor_spec
+
+
+def fedin_model(config: Config, data: FederatedData, depth: str) -> ResNet:
+    """A FedIN model of ``depth`` shaped for the run's dataset, with the run's stem and width."""
+    return build_fedin_model(depth, data.dataset.num_classes, data.dataset.in_channels,
+                             stem=config.model.stem, width=config.model.width)
+
+
+def device_depth(config: Config, device: int) -> str:
+    """The depth this device carries (an even, seeded split of ``fedin.depths``)."""
+    return _depths(config.topology.num_devices, tuple(config.fedin.depths), config.seed)[device]
+
+
+@lru_cache(maxsize=4)
+def _depths(num_devices: int, depths: tuple[str, ...], seed: int) -> list[str]:
+    return assign_depths(num_devices, depths, seed)
+
+
+def feature_spec(config: Config, data: FederatedData) -> FeatureSpec:
+    """The run's feature batch: shapes at the E/IN split and the number of samples.
+
+    Raises:
+        ConfigError: ``fedin.feature_batch`` asks for more bytes than ``fedin.max_feature_bytes``
+            allows, or not even one sample fits.
+    """
+    f, d = config.fedin, data.dataset
+    in_shape, out_shape = _feature_shapes(f.depths[0], d.num_classes, d.in_channels,
+                                          int(d.x_train.shape[-1]), config.model.stem,
+                                          config.model.width)
+    per_sample = feature_bytes_per_sample(in_shape, out_shape, f.fp16)
+    fits = (f.max_feature_bytes - FEATURE_RECORD_OVERHEAD) // per_sample
+    if fits < 1 or f.feature_batch > fits:
+        raise ConfigError(
+            f"bad value for 'fedin.feature_batch': {f.feature_batch}; one sample's features "
+            f"take {per_sample} bytes, so fedin.max_feature_bytes={f.max_feature_bytes} allows at "
+            f"most {max(fits, 0)}: lower fedin.feature_batch (0 picks the largest that fits), or "
+            "raise fedin.max_feature_bytes, set fedin.fp16=true or lower model.width")
+    batch = f.feature_batch or min(fits, config.train.batch_size)
+    return FeatureSpec(in_shape, out_shape, batch, f.fp16, f.max_feature_bytes)
+
+
+@lru_cache(maxsize=8)
+def _feature_shapes(depth: str, num_classes: int, in_channels: int, image_size: int, stem: str,
+                    width: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    model = build_fedin_model(depth, num_classes, in_channels, stem=stem, width=width)
+    return feature_shapes(model, in_channels, image_size)
 
 
 def depth_evaluator(config: Config, data: FederatedData) -> EvaluateFn:
@@ -49,17 +109,21 @@ def depth_evaluator(config: Config, data: FederatedData) -> EvaluateFn:
     return evaluate_fn
 
 
-def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
-    """FedIN (``fedin``) or its ablation HeteroAvg (``heteroavg``): depth-heterogeneous devices,
-    layer-wise averaging; flat, or as the edge tier of ``Hierarchical`` (``fedin.hierarchical``)."""
+def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder, *,
+              exchange_features: bool = True) -> None:
+    """FedIN, or its ablation HeteroAvg (``exchange_features=False``): depth-heterogeneous
+    devices, layer-wise averaging; flat, or as the edge tier of ``Hierarchical``
+    (``fedin.hierarchical``)."""
     data = federated_data(config)
     evaluate_fn = depth_evaluator(config, data)
     initial = ArrayRecord(fedin_model(config, data, deepest(config.fedin.depths)).state_dict())
     depth_keys = {d: list(fedin_model(config, data, d).state_dict()) for d in config.fedin.depths}
     model_of = {k: tensor_spec(sub_record(initial, depth_keys[device_depth(config, k)]))
                 for k in range(config.topology.num_devices)}
-    features = feature_spec(config, data) if config.method == "fedin" else None
-    train_config = ConfigRecord({"lr": config.train.lr})
+    features = feature_spec(config, data) if exchange_features else None
+    knobs: dict[str, Any] = {"train": train_settings(config), "mu": config.fedin.mu,
+                             "seed": config.seed, "evaluate_devices": config.eval.devices,
+                             "evaluate_batch_size": config.eval.batch_size}
 
     def fedin_stats(tiers: list[FedIN]) -> dict[str, int]:
         drained = [tier.drain() for tier in tiers]
@@ -69,19 +133,17 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
         on_round = round_recorder(
             grid, recorder, lambda: {"fedin": fedin_stats(list(hier.edges.values()))})
 
-        hier = HierFedIN(model_of, build_topology(config), features, seed=config.seed,
-                         evaluate_devices=config.eval.devices,
+        hier = HierFedIN(model_of, build_topology(config), features, **knobs,
                          edge_rounds=config.train.edge_rounds, evaluate_edges=config.eval.edges,
                          evaluate_every=config.eval.every, on_round=on_round,
                          node_wait=config.simulation.node_wait)
         hier.start(grid, initial, num_rounds=config.train.rounds,
-                   timeout=config.simulation.timeout, train_config=train_config,
-                   evaluate_fn=evaluate_fn)
+                   timeout=config.simulation.timeout, evaluate_fn=evaluate_fn)
         return
 
     node_of, device_of = place_devices(grid, config.topology.num_devices,
                                        config.simulation.node_wait, config.simulation.timeout)
-    flat = FedIN(model_of, features, seed=config.seed, evaluate_devices=config.eval.devices)
+    flat = FedIN(model_of, features, **knobs)
     flat.device_of = device_of
     grid.drain()  # discovery is not part of round 1
 
@@ -110,13 +172,22 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
         return metrics
 
     flat.start(grid, initial, num_rounds=config.train.rounds, timeout=config.simulation.timeout,
-               train_config=train_config, evaluate_fn=on_evaluate)
+               evaluate_fn=on_evaluate)
+
+
+def depth_model(context: Context) -> ResNet:
+    """This node's FedIN model: the depth the run assigns to its device, seeded by the device."""
+    config, data, device = device_setup(context)
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed * 1_000_003 + device)
+        return fedin_model(config, data, device_depth(config, device))
 
 
 def app_device() -> FedINDevice:
-    """Our ClientApp's FedIN/HeteroAvg device."""
-    return FedINDevice(device_model, train_data, test_data)
+    """Our ClientApp's FedIN/HeteroAvg device (model and data from the run's local settings)."""
+    return FedINDevice(depth_model, train_data, test_data)
 
 
 FEDIN = Method(name="fedin", run=run_fedin, device=app_device, section="fedin")
-HETEROAVG = Method(name="heteroavg", run=run_fedin, device=app_device, section="fedin")
+HETEROAVG = Method(name="heteroavg", run=partial(run_fedin, exchange_features=False),
+                   device=app_device, section="fedin")

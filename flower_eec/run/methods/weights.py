@@ -7,7 +7,6 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from flower_eec.clients.weights import WeightsDevice
 from flower_eec.grid.discovery import wait_for_nodes
@@ -18,9 +17,11 @@ from flower_eec.run.experiment import (
     hierarchical_options,
     start_point,
     timing,
+    train_settings,
 )
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
+from flower_eec.strategies.aggregation import weighted_metrics
 from flower_eec.strategies.hierfedavg import HierFedAvg
 
 
@@ -32,7 +33,7 @@ def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
                           **hierarchical_options(config, grid, recorder))
     strategy.start(grid, initial, num_rounds=config.train.rounds,
                    timeout=config.simulation.timeout,
-                   train_config=ConfigRecord({"lr": config.train.lr}),
+                   train_config=ConfigRecord(train_settings(config).to_config()),
                    evaluate_fn=evaluate_fn)
 
 
@@ -45,7 +46,8 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
     device_eval: list[MetricRecord] = []
 
     def evaluate_aggr(records: list[RecordDict], key: str) -> MetricRecord:
-        metrics = aggregate_metricrecords(records, key)
+        metrics = weighted_metrics([next(iter(r.metric_records.values())) for r in records],
+                                   key) or MetricRecord()
         device_eval.append(metrics)
         return metrics
 
@@ -80,7 +82,7 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
                       evaluate_metrics_aggr_fn=evaluate_aggr)
     strategy.start(grid, initial, num_rounds=config.train.rounds,
                    timeout=config.simulation.timeout,
-                   train_config=ConfigRecord({"lr": config.train.lr}),
+                   train_config=ConfigRecord(train_settings(config).to_config()),
                    evaluate_fn=on_evaluate)
 
 
