@@ -42,6 +42,12 @@ from flower_eec.protocol.payloads import (
 BridgeFn = Callable[[Context], BridgeAutoencoder]
 
 
+def _cache_key(context: Context, data: Images, bridge: BridgeAutoencoder,
+               fp16: bool) -> tuple[object, ...]:
+    """Everything that decides a node's codes: which node, its data, the bridge, the wire."""
+    return (partition_id(context), data_digest(data), bridge_digest(bridge), fp16)
+
+
 def data_digest(data: Images) -> str:
     """A digest of a device's images, labels and normalisation: the key of its cached codes."""
     digest = hashlib.blake2b(digest_size=16)
@@ -112,7 +118,10 @@ class FedAggDevice(Device):
     def codes(self, context: Context, data: Images, fp16: bool) -> torch.Tensor:
         """The codes of ``data`` as the server receives them (float16-rounded when ``fp16``)."""
         bridge = self.bridge(context)
-        key = (partition_id(context), data_digest(data), bridge_digest(bridge), fp16)
+        return self._codes_of(_cache_key(context, data, bridge, fp16), bridge, data, fp16)
+
+    def _codes_of(self, key: tuple[object, ...], bridge: BridgeAutoencoder, data: Images,
+                  fp16: bool) -> torch.Tensor:
         if key not in self._codes:
             codes = encode(bridge, data.x)
             self._codes[key] = codes.half().float() if fp16 else codes
@@ -122,11 +131,11 @@ class FedAggDevice(Device):
         """The bridge samples of ``data``: the rows the server's store holds for this device,
         normalised like the data (``raw``: in [0, 1], the demo's input space)."""
         bridge = self.bridge(context)
-        key = (partition_id(context), data_digest(data), bridge_digest(bridge), fp16, raw)
-        if key not in self._samples:
-            self._samples[key] = decode(bridge, self.codes(context, data, fp16), data.mean,
-                                        data.std, raw=raw)
-        return self._samples[key]
+        key = _cache_key(context, data, bridge, fp16)
+        if (*key, raw) not in self._samples:
+            self._samples[(*key, raw)] = decode(bridge, self._codes_of(key, bridge, data, fp16),
+                                                data.mean, data.std, raw=raw)
+        return self._samples[(*key, raw)]
 
     # --- handlers -------------------------------------------------------------------------
 

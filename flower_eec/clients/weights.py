@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, Context, Message
 from torch import nn
 
 from flower_eec.clients.device import (
@@ -51,15 +51,15 @@ class WeightsDevice(Device):
         started = time.perf_counter()
         model = self._received(msg, context)
         knobs = Knobs.of(msg)
-        defaults = TrainSettings(lr=knobs.get("lr", float)).to_config()
-        s = TrainSettings.from_knobs(Knobs(ConfigRecord({**defaults, **dict(knobs.record)})))
-        server_round = int(knobs.record.get(names.SERVER_ROUND, 0))  # type: ignore[arg-type]
+        knobs = knobs.with_defaults({**TrainSettings(lr=knobs.get("lr", float)).to_config(),
+                                     names.SERVER_ROUND: 0})
+        s = TrainSettings.from_knobs(knobs)
         data = self.train_data_fn(context)
         metrics: dict[str, Any] = train_epochs(
             model, data, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
             momentum=s.momentum, weight_decay=s.weight_decay, augmented=s.augment,
             cutout=s.cutout,
-            generator=round_generator(s.seed, server_round, partition_id(context)))
+            generator=round_generator(s.seed, knobs.server_round, partition_id(context)))
         metrics[names.NUM_EXAMPLES] = len(data)
         metrics["compute_s"] = time.perf_counter() - started
         return reply(msg, metrics, **{names.ARRAYS: ArrayRecord(model.state_dict())})
@@ -68,7 +68,7 @@ class WeightsDevice(Device):
         """Loss and accuracy of the received weights on the local test split."""
         model = self._received(msg, context)
         data = self.test_data(context)
-        batch = Knobs.of(msg).record.get("batch-size", 500)
-        metrics: dict[str, Any] = evaluate(model, data, int(batch))  # type: ignore[arg-type]
+        batch = Knobs.of(msg).with_defaults({names.EVAL_BATCH_SIZE: 500})
+        metrics: dict[str, Any] = evaluate(model, data, batch.get(names.EVAL_BATCH_SIZE, int))
         metrics[names.NUM_EXAMPLES] = len(data)
         return reply(msg, metrics)

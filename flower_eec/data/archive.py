@@ -33,6 +33,26 @@ _SAFE_GLOBALS = {
 _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
+def locate_release(dirs: list[Path], layouts: tuple[tuple[str, tuple[str, ...], str], ...],
+                   tarballs: tuple[str, ...]) -> tuple[str, Path] | None:
+    """The first (format, path) found in ``dirs``, or None; extracted folders before tarballs.
+
+    ``layouts`` lists ``(format, files, subfolder)`` in order of preference: a folder holding all
+    of ``files`` is that format, and so is its ``subfolder``.
+    """
+    for kind, files, subfolder in layouts:
+        for folder in dirs:
+            if all((folder / name).is_file() for name in files):
+                return kind, folder
+            if (folder / subfolder).is_dir():
+                return kind, folder / subfolder
+    for folder in dirs:
+        for name in tarballs:
+            if (folder / name).is_file():
+                return "tar", folder / name
+    return None
+
+
 def read_folder(
     folder: Path, names: tuple[str, ...], dataset: str, fix: str
 ) -> Iterator[Member]:

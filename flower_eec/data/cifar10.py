@@ -14,6 +14,7 @@ from flower_eec.data.archive import (
     Member,
     MemberSource,
     dict_entry,
+    locate_release,
     read_folder,
     read_tarball,
     tarball_kind,
@@ -62,20 +63,11 @@ def locate_cifar10(root: Path) -> tuple[str, Path]:
     if root.is_file():
         return "tar", root
     dirs = search_dirs(root, _SUBDIRS)
-    for folder in dirs:
-        if (folder / BINARY_TRAIN[0]).is_file():
-            return "binary", folder
-        if (folder / BINARY_DIR).is_dir():
-            return "binary", folder / BINARY_DIR
-    for folder in dirs:
-        if (folder / PICKLE_TRAIN[0]).is_file():
-            return "pickle", folder
-        if (folder / PICKLE_DIR).is_dir():
-            return "pickle", folder / PICKLE_DIR
-    for folder in dirs:
-        for tar_name in (BINARY_TAR, PICKLE_TAR):
-            if (folder / tar_name).is_file():
-                return "tar", folder / tar_name
+    found = locate_release(dirs, (("binary", BINARY_TRAIN[:1], BINARY_DIR),
+                                  ("pickle", PICKLE_TRAIN[:1], PICKLE_DIR)),
+                           (BINARY_TAR, PICKLE_TAR))
+    if found is not None:
+        return found
     raise DataError(
         f"CIFAR-10 not found under {root} (searched {', '.join(str(d) for d in dirs)}): expected "
         f"a {BINARY_DIR}/ or {PICKLE_DIR}/ folder, or {BINARY_TAR}. Download the binary version "

@@ -16,6 +16,7 @@ import numpy as np
 from flower_eec.data.archive import (
     Member,
     dict_entry,
+    locate_release,
     read_folder,
     read_tarball,
     tarball_kind,
@@ -83,21 +84,12 @@ def locate_cifar100(root: Path) -> tuple[str, Path]:
     if root.is_file():
         return "tar", root
     dirs = search_dirs(root, _SUBDIRS)
-    for folder in dirs:
-        if (folder / BINARY_FILES[0]).is_file():
-            return "binary", folder
-        if (folder / BINARY_DIR).is_dir():
-            return "binary", folder / BINARY_DIR
-    for folder in dirs:
-        # "train" alone is too common a name: the python version also has its "test" beside it.
-        if all((folder / name).is_file() for name in PICKLE_FILES):
-            return "pickle", folder
-        if (folder / PICKLE_DIR).is_dir():
-            return "pickle", folder / PICKLE_DIR
-    for folder in dirs:
-        for tar_name in (BINARY_TAR, PICKLE_TAR):
-            if (folder / tar_name).is_file():
-                return "tar", folder / tar_name
+    # "train" alone is too common a name: the python version also has its "test" beside it.
+    found = locate_release(dirs, (("binary", BINARY_FILES[:1], BINARY_DIR),
+                                  ("pickle", PICKLE_FILES, PICKLE_DIR)),
+                           (BINARY_TAR, PICKLE_TAR))
+    if found is not None:
+        return found
     raise DataError(
         f"CIFAR-100 not found under {root} (searched {', '.join(str(d) for d in dirs)}): "
         f"expected a {BINARY_DIR}/ or {PICKLE_DIR}/ folder, or {BINARY_TAR} / {PICKLE_TAR}. "

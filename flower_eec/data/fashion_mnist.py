@@ -7,8 +7,6 @@ point `data.root` at the Fashion-MNIST folder, not at a folder of MNIST files.
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from flower_eec.data.checksums import (
     verify_md5,
 )
 from flower_eec.data.dataset import Dataset
-from flower_eec.data.idx import parse_idx
+from flower_eec.data.idx import idx_content, image_split, parse_idx
 from flower_eec.data.paths import existing_root, search_dirs
 from flower_eec.errors import DataError
 
@@ -56,14 +54,7 @@ def find_fashion_file(dirs: list[Path], name: str) -> Path:
 def read_fashion_file(path: Path, name: str, verify: bool) -> np.ndarray:
     """Parse one IDX file (decompressing a .gz); if `verify`, check a .gz's official md5."""
     data = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            content = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: not a readable gzip file ({exc}). {_FIX}") from exc
-    else:
-        content = data
-    array = parse_idx(content, str(path), _FIX)
+    array = parse_idx(idx_content(path, data, _FIX), str(path), _FIX)
     if verify and path.suffix == ".gz":
         verify_md5(path, FASHION_MNIST_GZ_MD5[f"{name}.gz"], FASHION_MNIST_URL, data=data)
     return array
@@ -75,21 +66,11 @@ def load_split(dirs: list[Path], prefix: str, verify: bool) -> tuple[np.ndarray,
     labels_path = find_fashion_file(dirs, f"{prefix}-labels-idx1-ubyte")
     images = read_fashion_file(images_path, f"{prefix}-images-idx3-ubyte", verify)
     labels = read_fashion_file(labels_path, f"{prefix}-labels-idx1-ubyte", verify)
-    if images.ndim != 3 or images.dtype != np.uint8 or images.shape[1:] != (28, 28):
-        raise DataError(
-            f"{images_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} "
-            f"{images.shape}. {_FIX}"
-        )
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(
-            f"{labels_path}: expected {len(images)} labels to match {images_path.name}, got "
-            f"shape {labels.shape}. {_FIX}"
-        )
-    if len(labels) and int(labels.max()) >= len(CLASSES):
-        raise DataError(f"{labels_path}: label {int(labels.max())} is not a class 0-9. {_FIX}")
+    split = image_split(images, labels, images_path, labels_path, num_classes=len(CLASSES),
+                        what="class", hint=_FIX, image_shape=(28, 28))
     if verify and images_path.suffix != ".gz":
         check_count(str(images_path), len(images), SIZES[prefix], FASHION_MNIST_URL)
-    return images[:, None, :, :], labels.astype(np.int64)
+    return split
 
 
 def load_fashion_mnist(root: str | Path, verify: bool = True) -> Dataset:

@@ -5,6 +5,10 @@ Layout: 2 zero bytes, a dtype code, the number of dims, one big-endian uint32 pe
 
 from __future__ import annotations
 
+import gzip
+import zlib
+from pathlib import Path
+
 import numpy as np
 
 from flower_eec.errors import DataError
@@ -46,3 +50,38 @@ def parse_idx(data: bytes, label: str, hint: str = "") -> np.ndarray:
     array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
     # Copy: frombuffer views are read-only, and torch.from_numpy warns on those.
     return array.astype(dtype.newbyteorder("="), copy=True)
+
+
+def idx_content(path: Path, data: bytes, hint: str) -> bytes:
+    """The IDX bytes in `data` (read from `path`), decompressed for a .gz; a damaged gzip raises
+    DataError."""
+    if path.suffix != ".gz":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable gzip file ({exc}). {hint}") from exc
+
+
+def image_split(images: np.ndarray, labels: np.ndarray, images_path: Path, labels_path: Path, *,
+                num_classes: int, what: str, hint: str,
+                image_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Check an IDX images/labels pair; return images (N, 1, H, W) uint8 and labels (N,) int64.
+
+    `what` names a label in errors ("digit", "class"); `image_shape`, when given, is required.
+    """
+    if (images.ndim != 3 or images.dtype != np.uint8
+            or (image_shape is not None and images.shape[1:] != image_shape)):
+        raise DataError(
+            f"{images_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} "
+            f"{images.shape}. {hint}"
+        )
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(
+            f"{labels_path}: expected {len(images)} labels to match {images_path.name}, got "
+            f"shape {labels.shape}. {hint}"
+        )
+    if len(labels) and int(labels.max()) >= num_classes:
+        raise DataError(f"{labels_path}: label {int(labels.max())} is not a {what} "
+                        f"0-{num_classes - 1}. {hint}")
+    return images[:, None, :, :], labels.astype(np.int64)

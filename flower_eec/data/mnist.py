@@ -5,15 +5,13 @@ Looks in `root`, `root/mnist` and torchvision's `root/MNIST/raw`, so existing do
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from flower_eec.data.checksums import MNIST_MD5, MNIST_URL, verify_md5
 from flower_eec.data.dataset import Dataset
-from flower_eec.data.idx import parse_idx
+from flower_eec.data.idx import idx_content, image_split, parse_idx
 from flower_eec.data.paths import existing_root, search_dirs
 from flower_eec.errors import DataError
 
@@ -39,20 +37,9 @@ def find_mnist_file(dirs: list[Path], name: str) -> Path:
     )
 
 
-def read_mnist_bytes(path: Path) -> bytes:
-    """Return the raw IDX bytes of `path`, decompressing a .gz; a damaged gzip raises DataError."""
-    data = path.read_bytes()
-    if path.suffix != ".gz":
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a readable gzip file ({exc}). {_FIX}") from exc
-
-
 def load_idx_file(path: Path, name: str, verify: bool) -> np.ndarray:
     """Parse one MNIST IDX file; if `verify`, check its decompressed md5 against the official."""
-    content = read_mnist_bytes(path)
+    content = idx_content(path, path.read_bytes(), _FIX)
     array = parse_idx(content, str(path), _FIX)
     if verify:
         if path.suffix == ".gz":
@@ -69,19 +56,8 @@ def load_split(dirs: list[Path], prefix: str, verify: bool) -> tuple[np.ndarray,
     labels_path = find_mnist_file(dirs, f"{prefix}-labels-idx1-ubyte")
     images = load_idx_file(images_path, f"{prefix}-images-idx3-ubyte", verify)
     labels = load_idx_file(labels_path, f"{prefix}-labels-idx1-ubyte", verify)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise DataError(
-            f"{images_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} "
-            f"{images.shape}. {_FIX}"
-        )
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(
-            f"{labels_path}: expected {len(images)} labels to match {images_path.name}, got shape "
-            f"{labels.shape}. {_FIX}"
-        )
-    if len(labels) and int(labels.max()) >= NUM_CLASSES:
-        raise DataError(f"{labels_path}: label {int(labels.max())} is not a digit 0-9. {_FIX}")
-    return images[:, None, :, :], labels.astype(np.int64)
+    return image_split(images, labels, images_path, labels_path, num_classes=NUM_CLASSES,
+                       what="digit", hint=_FIX)
 
 
 def load_mnist(root: str | Path, verify: bool = True) -> Dataset:

@@ -31,6 +31,11 @@ class Knobs:
         """The knobs of ``msg`` (an empty record when it carries none)."""
         return cls(msg.content.config_records.get(names.CONFIG, ConfigRecord()))
 
+    def with_defaults(self, defaults: dict[str, Any]) -> Knobs:
+        """These knobs, with ``defaults`` where the message sets none (for senders, such as
+        Flower's own strategies, that send only some)."""
+        return Knobs(ConfigRecord({**defaults, **dict(self.record)}))
+
     def get(self, key: str, kind: type[T]) -> T:
         """The value of ``key`` as ``kind`` (an int is accepted where a float is asked for)."""
         if key not in self.record:

@@ -20,6 +20,7 @@ from flower_eec.errors import ConfigError
 
 if TYPE_CHECKING:
     from flower_eec.core.losses import SKR
+    from flower_eec.run.registry import Method
 
 PROFILES_NAMES = ("smoke", "cpu", "paper")
 DATASETS = ("synthetic", "cifar10", "cifar100", "cinic10", "fashion_mnist", "mnist", "svhn")
@@ -321,11 +322,11 @@ def parse_overrides(items: list[str] | str) -> dict[str, Any]:
     return nested
 
 
-def method_file(method: str) -> Path:
-    """The defaults shipped for a registered method (``flower_eec/run/methods/<method>.yaml``)."""
-    from flower_eec.run.registry import method as entry
+def _entry(name: str) -> Method:
+    """The registry's entry of method ``name`` (the registry imports this module: lazily)."""
+    from flower_eec.run.registry import method
 
-    return entry(method).defaults
+    return method(name)
 
 
 def method_names() -> list[str]:
@@ -337,9 +338,7 @@ def method_names() -> list[str]:
 
 def is_bridge(config: Config) -> bool:
     """Whether the run's method distils on bridge samples (its ``fedagg`` section applies)."""
-    from flower_eec.run.registry import method
-
-    return method(config.method).bridge
+    return _entry(config.method).bridge
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -370,7 +369,7 @@ def resolve(file: str | Path | None = None, overrides: dict[str, Any] | None = N
     content = read_yaml(file) if file else {}
     method = overrides.get("method", content.get("method", Config.method))
     if not file:
-        content = read_yaml(method_file(method))
+        content = read_yaml(_entry(method).defaults)
     profile = overrides.get("profile", content.get("profile", Config.profile))
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile '{profile}'. Allowed: {', '.join(PROFILES)}")
@@ -516,13 +515,7 @@ def _validate_outages(t: TopologyConfig) -> None:
 
 def skr_mode(config: Config) -> str:
     """FedEEC's SKR mode: ``fedeec.skr`` for a method whose section is ``fedeec``, else ``off``."""
-    return config.fedeec.skr if _section(config) == "fedeec" else "off"
-
-
-def _section(config: Config) -> str | None:
-    from flower_eec.run.registry import method
-
-    return method(config.method).section
+    return config.fedeec.skr if _entry(config.method).section == "fedeec" else "off"
 
 
 def rectification(config: Config) -> SKR:
@@ -571,7 +564,7 @@ def _validate_eclm(config: Config) -> None:
            f"a fraction in [eclm.budget_low ({e.budget_low}), 1]")
     for key in ("budget_every", "shift_every"):
         _check(getattr(e, key) >= 0, f"eclm.{key}", getattr(e, key), ">= 0 (0: never)")
-    if _section(config) != "eclm":
+    if _entry(config.method).section != "eclm":
         return
     for key in ("device", "edge", "cloud"):
         _check(getattr(config.model, key) == "modular", f"model.{key}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from flower_eec.clients.device import Device
@@ -48,7 +49,9 @@ class Method:
         return METHODS_DIR / f"{self.name}.yaml"
 
 
-def _entries() -> dict[str, Method]:
+@cache
+def methods() -> dict[str, Method]:
+    """Every registered method by name (the method modules are imported on first use)."""
     from flower_eec.run.methods import eclm, fedagg, fedin, weights
 
     return {m.name: m for m in (
@@ -60,17 +63,6 @@ def _entries() -> dict[str, Method]:
         fedin.HETEROAVG,
         eclm.ECLM_METHOD,
     )}
-
-
-def methods() -> dict[str, Method]:
-    """Every registered method by name."""
-    global _CACHE
-    if _CACHE is None:
-        _CACHE = _entries()
-    return _CACHE
-
-
-_CACHE: dict[str, Method] | None = None
 
 
 def method(name: str) -> Method:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from logging import INFO
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -33,18 +33,11 @@ from flower_eec.core.eclm_math import (
 )
 from flower_eec.models.modular import SELECTOR_PREFIX, ModularNet, block_of, module_sizes
 from flower_eec.protocol import names
+from flower_eec.protocol.knobs import TrainSettings
 from flower_eec.protocol.replies import metric_problem, require_handler, train_reply_problem
 from flower_eec.strategies.aggregation import scalars, weighted_metrics
 from flower_eec.strategies.hierarchical import CLOUD_DIRECT, Hierarchical, RoundReport
 from flower_eec.topology import RoundTopology, Topology
-
-
-class KnobSource(Protocol):
-    """What ``ECLM`` takes as ``train``: ``flower_eec.clients.TrainSettings`` (its knobs)."""
-
-    def to_config(self) -> dict[str, Any]:
-        """The knobs as ``config`` record entries."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -144,7 +137,7 @@ class ECLM(Hierarchical):
         Seconds to wait for ``topology.num_devices`` nodes at start.
     """
 
-    def __init__(self, topology: Topology, *, num_classes: int, train: KnobSource,
+    def __init__(self, topology: Topology, *, num_classes: int, train: TrainSettings,
                  in_channels: int = 3, layers: int = 3, modules: int = 4, top_k: int = 1,
                  channels: int = 16, selector_norm: bool = True, eval_batch_size: int = 500,
                  cloud_weight: float = 0.2, evaluate_every: int = 1,

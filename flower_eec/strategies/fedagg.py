@@ -30,6 +30,7 @@ from flower_eec.errors import PayloadError
 from flower_eec.grid.edge import EdgeGrid
 from flower_eec.models.bridge import EMBEDDING_SHAPE, BridgeAutoencoder, bridge_digest
 from flower_eec.protocol import names
+from flower_eec.protocol.knobs import TrainSettings
 from flower_eec.protocol.payloads import (
     LogitsPayload,
     embeddings_from_record,
@@ -329,11 +330,9 @@ class FedAgg(Hierarchical):
         self._device_of: dict[int, int] = {}
         # what the devices receive: every knob of theirs, from these arguments only
         batch = batch_size if fidelity else logits_batch
-        # the keys of ``flower_eec.clients.TrainSettings`` (strategies do not import clients;
-        # tests/test_fedagg_device.py checks that the device reads them back)
-        training = {"lr": lr, "momentum": momentum, "weight-decay": weight_decay,
-                    "batch-size": batch_size, "local-epochs": 1, "augment": augment,
-                    "cutout": cutout, "seed": seed}
+        training = TrainSettings(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                 batch_size=batch_size, epochs=1, augment=augment,
+                                 cutout=cutout, seed=seed).to_config()
         self.embed_config: dict[str, Any] = {names.FP16: fp16,
                                              names.BRIDGE_DIGEST: bridge_digest(bridge)}
         self.distil_config: dict[str, Any] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from flwr.app import (
@@ -28,6 +28,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flower_eec.errors import PayloadError
 from flower_eec.grid.discovery import place_devices
 from flower_eec.protocol import names
+from flower_eec.protocol.knobs import TrainSettings
 from flower_eec.protocol.names import ARRAYS, FEATURES
 from flower_eec.protocol.payloads import FeatureSpec
 from flower_eec.protocol.replies import metric_problem, require_handler
@@ -39,14 +40,6 @@ TensorSpec = Mapping[str, tuple[tuple[int, ...], str]]
 QP_COUNTS = ("qp_steps", "qp_loc_binds", "qp_in_binds")
 COUNTERS = (*QP_COUNTS, "feature_bytes_down", "feature_bytes_up")
 REGISTER = "FedINDevice(model_fn, train_data_fn, test_data_fn).register(app)"
-
-
-class Settings(Protocol):
-    """How devices train: has ``to_config()``, e.g. ``flower_eec.clients.TrainSettings``."""
-
-    def to_config(self) -> dict[str, Any]:
-        """The knobs as ``config`` record entries."""
-        ...
 
 
 def tensor_spec(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -134,7 +127,7 @@ class FedIN(Strategy):
     """
 
     def __init__(self, model_of: Mapping[int, TensorSpec], features: FeatureSpec | None = None,
-                 *, train: Settings, mu: float = 1.0, seed: int = 0,
+                 *, train: TrainSettings, mu: float = 1.0, seed: int = 0,
                  evaluate_devices: bool = True, evaluate_batch_size: int = 500,
                  weighted_by_key: str = "num-examples", node_wait: float = 60.0) -> None:
         if mu < 0:
@@ -366,7 +359,7 @@ class HierFedIN(Hierarchical):
     """
 
     def __init__(self, model_of: Mapping[int, TensorSpec], topology: Topology,
-                 features: FeatureSpec | None = None, *, train: Settings, mu: float = 1.0,
+                 features: FeatureSpec | None = None, *, train: TrainSettings, mu: float = 1.0,
                  seed: int = 0, evaluate_devices: bool = True, evaluate_batch_size: int = 500,
                  **kwargs: Any) -> None:
         def edge(group: int) -> FedIN:
