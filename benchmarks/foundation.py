@@ -27,7 +27,7 @@ Two parts, each printing markdown tables and writing them, with the raw numbers 
     measurement below 1,000 devices runs ``--repeat`` times (default 2) and the fastest counts,
     because the machine may be shared and interference only ever adds time.
 
-Flower runs go through ``flower_eec.run.simulation.run_simulation`` (Flower's Simulation Engine, Ray).
+Flower runs go through ``flower_eec.run.simulation.run_simulation`` (Simulation Engine, Ray).
 
 Every measured run happens in a fresh Python process (this script re-invoked with a private
 sub-command), so caches, Ray state and imports never leak from one measurement into the next.
@@ -169,9 +169,9 @@ def _child_plain(config_json: str, threads: int) -> dict[str, Any]:
     """FedAvg as a plain PyTorch loop in this process (no Flower, no Ray)."""
     import torch
 
-    from flower_eec.run.devices import build_device_model
     from flower_eec.core.learning import evaluate, train_epochs
     from flower_eec.run.config import from_json
+    from flower_eec.run.devices import build_device_model
     from flower_eec.run.federated import federated_data
 
     torch.set_num_threads(threads)
@@ -223,9 +223,9 @@ def _child_central(config_json: str, threads: int) -> dict[str, Any]:
     """The cnn3 trained centrally on the union of all device shards, evaluated every epoch."""
     import torch
 
-    from flower_eec.run.devices import build_device_model
     from flower_eec.core.learning import Images, evaluate, train_epochs
     from flower_eec.run.config import from_json
+    from flower_eec.run.devices import build_device_model
     from flower_eec.run.federated import federated_data
 
     torch.set_num_threads(threads)
