@@ -25,7 +25,7 @@ from flower_eec.clients.device import (
     round_generator,
 )
 from flower_eec.core.fedin_qp import conflict_direction
-from flower_eec.core.learning import Images, evaluate, minibatches, train_epochs
+from flower_eec.core.learning import Images, Step, evaluate, minibatches, sgd, train_epochs
 from flower_eec.data.augment import normalise
 from flower_eec.errors import PayloadError
 from flower_eec.protocol import names
@@ -82,16 +82,14 @@ def train_aligned(model: nn.Module, data: Images, received: FeaturePayload, *, m
     params = [p for p in model.parameters() if p.requires_grad]
     in_ids = {id(p) for p in intermediate.parameters()}
     in_params = [p for p in params if id(p) in in_ids]
-    optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     s_in = torch.from_numpy(received.s_in).to(device)
     s_out = torch.from_numpy(received.s_out).to(device)
     # MSE relative to the target's mean square: scale-free, so mu means the same at any width,
     # depth or training stage (raw MSE on growing features made SGD diverge on CIFAR-10).
     target_power = s_out.pow(2).mean().clamp_min(1e-8)
-    model.train()
-    seen, loss_sum, correct, in_sum, steps, loc_binds, in_binds = 0, 0.0, 0, 0.0, 0, 0, 0
-    for x, y in minibatches(data, epochs=epochs, batch_size=batch_size, augmented=augmented,
-                             cutout=cutout, generator=generator, device=device):
+
+    def merged(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
+        x, y = batch
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         g_loc = _flat(list(torch.autograd.grad(loss, params, allow_unused=True)), params)
@@ -105,17 +103,18 @@ def train_aligned(model: nn.Module, data: Images, received: FeaturePayload, *, m
         for p in params:
             p.grad = direction[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
-        optimiser.step()
-        steps += 1
-        loc_binds += solution.loc_binds
-        in_binds += solution.in_binds
-        seen += len(y)
-        loss_sum += float(loss.detach()) * len(y)
-        in_sum += float(in_loss.detach())
-        correct += int((logits.argmax(1) == y).sum())
-    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-            "in_loss": in_sum / max(steps, 1), "qp_steps": steps, "qp_loc_binds": loc_binds,
-            "qp_in_binds": in_binds}
+        return Step(loss, logits, y, {"in_loss": float(in_loss.detach()),
+                                      "loc_binds": solution.loc_binds,
+                                      "in_binds": solution.in_binds}, gradients_set=True)
+
+    stats = sgd(model, minibatches(data, epochs=epochs, batch_size=batch_size,
+                                   augmented=augmented, cutout=cutout, generator=generator,
+                                   device=device),
+                merged, lr=lr, momentum=momentum, weight_decay=weight_decay, params=params)
+    return {"train_loss": stats.loss, "train_accuracy": stats.accuracy,
+            "in_loss": stats.mean("in_loss"), "qp_steps": stats.steps,
+            "qp_loc_binds": int(stats.extras.get("loc_binds", 0)),
+            "qp_in_binds": int(stats.extras.get("in_binds", 0))}
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from flower_eec.core.learning import Step, sgd
 from flower_eec.core.losses import SKR, leaf_loss, nonleaf_loss
 
 
@@ -74,16 +75,12 @@ def distil_pass(student: nn.Module, samples: torch.Tensor, labels: torch.Tensor,
         The mean loss and the accuracy on the bridge samples over the pass.
     """
     device = next(student.parameters()).device
-    optimiser = torch.optim.SGD(student.parameters(), lr=settings.lr,
-                                momentum=settings.momentum, weight_decay=settings.weight_decay)
-    student.train()
     n = len(samples)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    seen, loss_sum, correct = 0, 0.0, 0
-    for start in range(0, n, settings.batch_size):
-        index = order[start:start + settings.batch_size]
-        if len(index) < 2 and n >= 2:
-            continue  # BatchNorm cannot train on a single example
+    # BatchNorm cannot train on a single example: a last batch of one is skipped
+    batches = [index for index in order.split(settings.batch_size) if len(index) >= 2 or n < 2]
+
+    def kd(index: torch.Tensor) -> Step:
         x, y = samples[index].to(device), labels[index].to(device)
         z = teacher[index].to(device)
         logits = student(x)
@@ -93,12 +90,8 @@ def distil_pass(student: nn.Module, samples: torch.Tensor, labels: torch.Tensor,
             logits_real = student(real[index].to(device))
             loss = leaf_loss(logits, y, z, settings.T, settings.beta, gamma, logits_real, y,
                              skr=settings.skr)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.clip > 0:
-            nn.utils.clip_grad_norm_(student.parameters(), settings.clip)
-        optimiser.step()
-        seen += len(index)
-        loss_sum += float(loss.detach()) * len(index)
-        correct += int((logits.argmax(1) == y).sum())
-    return {"distil_loss": loss_sum / max(seen, 1), "bridge_accuracy": correct / max(seen, 1)}
+        return Step(loss, logits, y)
+
+    stats = sgd(student, batches, kd, lr=settings.lr, momentum=settings.momentum,
+                weight_decay=settings.weight_decay, clip=settings.clip)
+    return {"distil_loss": stats.loss, "bridge_accuracy": stats.accuracy}

@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from flower_eec.core.eclm_math import load_balancing_loss, routing_mass
-from flower_eec.core.learning import Images, minibatches
+from flower_eec.core.learning import Images, Step, minibatches, sgd
 from flower_eec.data.augment import normalise
 from flower_eec.models.modular import ModularNet
 
@@ -32,24 +32,21 @@ def train_modular(model: ModularNet, data: Images, *, epochs: int, batch_size: i
     Returns the mean training loss (cross-entropy only), accuracy and load-balancing loss.
     """
     device = next(model.parameters()).device
-    optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                                weight_decay=weight_decay)
-    model.train()
-    seen, ce_sum, lb_sum, correct = 0, 0.0, 0.0, 0
-    for x, y in minibatches(data, epochs=epochs, batch_size=batch_size, augmented=augmented,
-                             cutout=cutout, generator=generator, device=device):
+
+    def routed(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
+        x, y = batch
         logits, routing = model.forward_routed(x, gate_noise, generator)
         ce = F.cross_entropy(logits, y)
         lb = load_balancing_loss(routing.gates, routing.chosen, model.available)
-        optimiser.zero_grad(set_to_none=True)
-        (ce + lb_weight * lb).backward()
-        optimiser.step()
-        seen += len(y)
-        ce_sum += float(ce.detach()) * len(y)
-        lb_sum += float(lb.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-    n = max(seen, 1)
-    return {"train_loss": ce_sum / n, "train_accuracy": correct / n, "train_lb_loss": lb_sum / n}
+        return Step(ce + lb_weight * lb, logits, y, {"lb": float(lb.detach()) * len(y)},
+                    reported_loss=ce)
+
+    stats = sgd(model, minibatches(data, epochs=epochs, batch_size=batch_size,
+                                   augmented=augmented, cutout=cutout, generator=generator,
+                                   device=device),
+                routed, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return {"train_loss": stats.loss, "train_accuracy": stats.accuracy,
+            "train_lb_loss": stats.extras.get("lb", 0.0) / max(stats.examples, 1)}
 
 
 @torch.no_grad()

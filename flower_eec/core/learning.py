@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,6 +52,84 @@ def minibatches(data: Images, *, epochs: int, batch_size: int, augmented: bool, 
             yield x, data.y[index].to(device)
 
 
+@dataclass
+class Step:
+    """What one mini-batch's objective computed for ``sgd``.
+
+    Attributes:
+        loss: The loss ``sgd`` back-propagates (unless ``gradients_set``) and reports.
+        logits: The predictions whose accuracy on ``labels`` is reported.
+        labels: The mini-batch's labels.
+        extras: Per-step figures to add up over the pass (e.g. an auxiliary loss).
+        reported_loss: The loss to report instead of ``loss`` (e.g. its cross-entropy part).
+        gradients_set: The objective already wrote every parameter's ``.grad`` (FedIN's QP).
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+    extras: dict[str, float] = field(default_factory=dict)
+    reported_loss: torch.Tensor | None = None
+    gradients_set: bool = False
+
+
+@dataclass
+class PassStats:
+    """What an ``sgd`` pass saw: example-weighted loss and accuracy, per-step sums of extras."""
+
+    examples: int = 0
+    steps: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    extras: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.examples, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.examples, 1)
+
+    def mean(self, extra: str) -> float:
+        """An extra's mean over steps."""
+        return self.extras.get(extra, 0.0) / max(self.steps, 1)
+
+
+def sgd(model: nn.Module, batches: Iterable[Any], objective: Callable[[Any], Step], *, lr: float,
+        momentum: float = 0.9, weight_decay: float = 0.0, clip: float = 0.0,
+        params: Sequence[nn.Parameter] | None = None) -> PassStats:
+    """The one SGD loop: a fresh optimiser, then per batch ``objective(batch)``, its backward
+    pass, optional clipping and a step. Every training pass of the project runs through it.
+
+    Args:
+        batches: What ``objective`` takes, one item per step.
+        clip: Largest L2 norm of a step's gradient (all parameters together); 0: no clipping.
+        params: The parameters to train (default: all of ``model``'s).
+    """
+    params = list(model.parameters()) if params is None else list(params)
+    optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model.train()
+    stats = PassStats()
+    for batch in batches:
+        optimiser.zero_grad(set_to_none=True)
+        step = objective(batch)
+        if not step.gradients_set:
+            step.loss.backward()
+        if clip > 0:
+            nn.utils.clip_grad_norm_(params, clip)
+        optimiser.step()
+        n = len(step.labels)
+        stats.examples += n
+        stats.steps += 1
+        reported = step.loss if step.reported_loss is None else step.reported_loss
+        stats.loss_sum += float(reported.detach()) * n
+        stats.correct += int((step.logits.detach().argmax(1) == step.labels).sum())
+        for key, value in step.extras.items():
+            stats.extras[key] = stats.extras.get(key, 0.0) + value
+    return stats
+
+
 def train_epochs(model: nn.Module, data: Images, *, epochs: int, batch_size: int, lr: float,
                  momentum: float = 0.9, weight_decay: float = 0.0, augmented: bool = True,
                  cutout: int = 0, generator: torch.Generator | None = None) -> dict[str, float]:
@@ -59,21 +138,17 @@ def train_epochs(model: nn.Module, data: Images, *, epochs: int, batch_size: int
     Returns the mean training loss and accuracy over all seen examples.
     """
     device = next(model.parameters()).device
-    optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                                weight_decay=weight_decay)
-    model.train()
-    seen, loss_sum, correct = 0, 0.0, 0
-    for x, y in minibatches(data, epochs=epochs, batch_size=batch_size, augmented=augmented,
-                             cutout=cutout, generator=generator, device=device):
+
+    def cross_entropy(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
+        x, y = batch
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        seen += len(y)
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        return Step(F.cross_entropy(logits, y), logits, y)
+
+    stats = sgd(model, minibatches(data, epochs=epochs, batch_size=batch_size,
+                                   augmented=augmented, cutout=cutout, generator=generator,
+                                   device=device),
+                cross_entropy, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return {"train_loss": stats.loss, "train_accuracy": stats.accuracy}
 
 
 @torch.no_grad()
