@@ -202,3 +202,23 @@ def test_fedavg_is_deterministic_with_many_devices(tmp_path: Path) -> None:
                for name in "ab"]
     first, second = (run(config) for config in configs)
     assert [r["cloud"] for r in first["rounds"]] == [r["cloud"] for r in second["rounds"]]
+
+
+def test_flat_fedavg_counts_a_crashed_device(tmp_path: Path) -> None:
+    """Flat rows come from the same recorder as hierarchical ones: a device that raises on its
+    round-2 train message is one failure of that round, and the round still completes."""
+    config = smoke("fedavg", tmp_path)
+
+    def crashing(message, context):  # type: ignore[no-untyped-def]
+        if (message.metadata.message_type == "train" and context.node_config["partition-id"] == 1
+                and message.content.config_records["config"]["server-round"] == 2):
+            raise RuntimeError("device crashed")
+        return app(message, context)
+
+    grid = LocalGrid(crashing, config.topology.num_devices, {"config-json": to_json(config)})
+    summary = experiment.run(grid, config)
+
+    counts = [(r["devices"]["participants"], r["devices"]["failures"]) for r in summary["rounds"]]
+    assert counts == [(4, 0), (4, 1)]
+    assert all(r["comm_bytes"]["device_to_cloud"] > 0 for r in summary["rounds"])
+    assert summary["rounds"][1]["cloud"]["accuracy"] >= 0.0

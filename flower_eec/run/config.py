@@ -539,14 +539,48 @@ def _validate_fedagg(config: Config) -> None:
     if f.bridge_weights:
         _check(Path(f.bridge_weights).is_file(), "fedagg.bridge_weights", f.bridge_weights,
                "a weights JSON written by scripts/train_bridge.py (or empty for the shipped one)")
-    elif config.data.dataset in ("mnist", "fashion_mnist"):
-        raise ConfigError("fedagg ships a bridge autoencoder for 3-channel 32x32 images only; for "
-                          "MNIST or Fashion-MNIST train one with scripts/train_bridge.py and set "
-                          "fedagg.bridge_weights to its file")
-    elif config.data.dataset == "cifar10" and config.data.holdout < 0.1:
-        raise ConfigError(f"data.holdout is {config.data.holdout}, but the shipped bridge was "
-                          "trained on the held-out 10% of CIFAR-10's training set: set "
-                          "data.holdout=0.1 (or more) so that no device holds an image it saw")
+    _validate_bridge(config)
+
+
+def _validate_bridge(config: Config) -> None:
+    """The bridge must take the dataset's images, and a run on the dataset the bridge was trained
+    on must hold out (at least) the slice it saw, with the same labels (the slice is stratified)."""
+    from flower_eec.data import IMAGE_SHAPES
+    from flower_eec.errors import DataError
+    from flower_eec.models.bridge import bridge_meta
+
+    d, path = config.data, config.fedagg.bridge_weights
+    which = f"the bridge in fedagg.bridge_weights ({path})" if path else "the shipped bridge"
+    try:
+        meta = bridge_meta(path or None)
+    except DataError as err:
+        raise ConfigError(f"bad value for 'fedagg.bridge_weights': {err}") from None
+    channels, height, width = IMAGE_SHAPES[d.dataset]
+    bridge_channels = meta.get("in_channels", 3)
+    if bridge_channels != channels or height % 4 or width % 4:
+        grey = " (grey MNIST and Fashion-MNIST images are not widened to 3 channels)" if (
+            channels == 1) else ""
+        raise ConfigError(
+            f"{which} encodes {bridge_channels}-channel images whose sides divide by 4, but "
+            f"data.dataset={d.dataset} has {channels}x{height}x{width} images{grey}. Train a "
+            f"bridge on a held-out slice of it: python scripts/train_bridge.py --dataset "
+            f"{d.dataset} --data-root PATH --out FILE, then run with "
+            "fedagg.bridge_weights=FILE and data.holdout=0.1 (the script's --fraction)")
+    trained_on = str(meta.get("dataset", "")).split(" ")[0]
+    fraction = meta.get("holdout_fraction")
+    if trained_on != d.dataset or not isinstance(fraction, (int, float)):
+        return
+    labels = meta.get("cifar100_labels", "coarse")
+    if d.dataset == "cifar100" and labels != d.cifar100_labels:
+        raise ConfigError(
+            f"{which} was trained on a held-out slice of CIFAR-100 drawn per {labels} label, but "
+            f"data.cifar100_labels is {d.cifar100_labels}, which holds out another slice: train "
+            f"one with scripts/train_bridge.py --cifar100-labels {d.cifar100_labels}")
+    if d.holdout < fraction:
+        raise ConfigError(
+            f"data.holdout is {d.holdout}, but {which} was trained on the held-out "
+            f"{fraction:.0%} of {d.dataset}'s training set: set data.holdout={fraction:g} (or "
+            "more) so that no device holds an image it saw")
 
 
 def _validate_eclm(config: Config) -> None:

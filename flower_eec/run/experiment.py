@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from flower_eec.run.config import (
 from flower_eec.run.devices import build_device_model
 from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.run.results import Recorder
+from flower_eec.strategies.aggregation import scalars
 from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.topology import Topology
 
@@ -86,48 +88,58 @@ def timing(traffic: dict[str, Traffic], exchange_s: float, server_s: float) -> d
 
 
 def round_recorder(grid: MeteredGrid, recorder: Recorder,
-                    extra: Callable[[], dict[str, Any]] | None = None
-                    ) -> Callable[[RoundReport], None]:
-    """The ``on_round`` hook of hierarchical methods: one results row per cloud round
-    (``extra`` adds a method's own fields)."""
+                   extra: Callable[[RoundReport], dict[str, Any]] | None = None
+                   ) -> Callable[[RoundReport], None]:
+    """The one results row per cloud round, for every method: hierarchical strategies call it as
+    their ``on_round`` hook, flat ones through ``flat_rounds`` (``extra`` adds a method's own
+    fields). Bytes are the report's per-link counts, or, for a flat run, all that the metered
+    grid saw each way."""
 
     def on_round(report: RoundReport) -> None:
         traffic, exchange_s = grid.drain()
         devices: dict[str, Any] = {"participants": report.participants,
                                    "failures": report.failures}
-        if "accuracy" in report.device_metrics:
-            devices["mean_local_accuracy"] = report.device_metrics["accuracy"]
-            devices["mean_local_loss"] = report.device_metrics.get("loss")
+        devices.update({f"mean_local_{key}": value
+                        for key, value in report.device_metrics.items()})
+        comm_bytes = report.link_bytes or {
+            "cloud_to_device": sum(t.sent_bytes for t in traffic.values()),
+            "device_to_cloud": sum(t.received_bytes for t in traffic.values())}
         recorder.add_round({
             "round": report.round, "cloud": report.cloud_metrics, "edges": report.edges,
-            "devices": devices,
-            "comm_bytes": report.link_bytes,
+            "devices": devices, "comm_bytes": comm_bytes,
             "timing": timing(traffic, exchange_s, report.server_s),
-            **(extra() if extra else {}),
+            **(extra(report) if extra else {}),
         })
 
     return on_round
 
 
+def flat_rounds(config: Config, evaluate_fn: EvaluateFn, on_round: Callable[[RoundReport], None],
+                devices: Callable[[], RoundReport]) -> EvaluateFn:
+    """The ``evaluate_fn`` of a flat Flower strategy, which calls it once per round after the
+    round's training and device evaluation: central evaluation every ``eval.every`` rounds and
+    at the last, then ``on_round`` with ``devices()``'s counts and metrics of the round."""
+
+    def on_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        started = time.perf_counter()
+        due = server_round % config.eval.every == 0 or server_round == config.train.rounds
+        metrics = evaluate_fn(server_round, arrays) if due else None
+        report = devices()
+        report.round, report.cloud_metrics = server_round, scalars(metrics or MetricRecord())
+        report.server_s = time.perf_counter() - started
+        on_round(report)
+        return metrics
+
+    return on_evaluate
+
+
 def hierarchical_options(config: Config, grid: MeteredGrid, recorder: Recorder
-                          ) -> dict[str, Any]:
+                         ) -> dict[str, Any]:
     return {"topology": build_topology(config), "evaluate_edges": config.eval.edges,
             "evaluate_every": config.eval.every, "on_round": round_recorder(grid, recorder),
             "node_wait": config.simulation.node_wait}
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def train_settings(config: Config) -> TrainSettings:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Context
 
-from flower_eec.clients.device import TrainSettings
 from flower_eec.clients.eclm import ECLMDevice
 from flower_eec.core.eclm_math import device_budget
 from flower_eec.core.eclm_training import offline_stage
@@ -16,27 +16,26 @@ from flower_eec.models import count_parameters
 from flower_eec.models.modular import ModularNet
 from flower_eec.run.config import Config
 from flower_eec.run.devices import build_device_model, device_setup, train_data
-from flower_eec.run.experiment import build_topology, start_point, timing
+from flower_eec.run.experiment import build_topology, round_recorder, start_point, train_settings
 from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
 from flower_eec.run.shift import data_at_round
 from flower_eec.strategies.eclm import ECLM, EclmRoundReport
+from flower_eec.strategies.hierarchical import RoundReport
 
 
 def strategy_of(config: Config,
                 on_round: Callable[[EclmRoundReport], None] | None = None) -> ECLM:
     """The ECLM strategy with every knob the devices use taken from ``config``."""
-    e, t, d = config.eclm, config.train, config.data
+    e = config.eclm
     data = federated_data(config)
     return ECLM(
         build_topology(config), num_classes=data.dataset.num_classes,
         in_channels=data.dataset.in_channels, layers=e.layers, modules=e.modules,
         top_k=e.top_k, channels=e.channels, selector_norm=e.selector_norm,
         eval_batch_size=config.eval.batch_size,
-        train=TrainSettings(lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                            batch_size=t.batch_size, epochs=t.local_epochs, augment=d.augment,
-                            cutout=d.cutout, seed=config.seed),
+        train=train_settings(config),
         cloud_weight=e.cloud_weight, evaluate_every=config.eval.every,
         on_round=on_round,
         node_wait=config.simulation.node_wait)
@@ -59,23 +58,14 @@ def run_eclm(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
     recorder.note("eclm_offline", offline)
     full = {"full_model_params": count_parameters(model), "full_model_bytes": cloud.count_bytes()}
 
-    def on_round(report: EclmRoundReport) -> None:
-        traffic, exchange_s = grid.drain()
-        metrics = report.device_metrics
+    def eclm_fields(report: RoundReport) -> dict[str, Any]:
+        assert isinstance(report, EclmRoundReport)
         params = list(report.submodel_params.values())
-        recorder.add_round({
-            "round": report.round, "cloud": report.cloud_metrics,
-            "devices": {"participants": report.participants, "failures": report.failures,
-                        "mean_local_accuracy": metrics.get("accuracy"),
-                        "mean_local_loss": metrics.get("loss"),
-                        "mean_local_accuracy_before": metrics.get("accuracy_before")},
-            "comm_bytes": report.link_bytes,
-            "timing": timing(traffic, exchange_s, report.server_s),
-            "eclm": {"rederived": report.rederived,
-                     "mean_submodel_params": float(np.mean(params)) if params else None,
-                     **full},
-        })
+        return {"eclm": {"rederived": report.rederived,
+                         "mean_submodel_params": float(np.mean(params)) if params else None,
+                         **full}}
 
+    on_round = round_recorder(grid, recorder, eclm_fields)
     result = strategy_of(config, on_round).start(grid, cloud, num_rounds=t.rounds,
                                                  timeout=config.simulation.timeout,
                                                  evaluate_fn=evaluate_fn)

@@ -6,7 +6,6 @@ The run config is read here (and only here) for FedIN: the server's knobs go int
 
 from __future__ import annotations
 
-import time
 from functools import lru_cache, partial
 from typing import Any
 
@@ -30,14 +29,16 @@ from flower_eec.run.devices import device_setup, test_data, train_data
 from flower_eec.run.experiment import (
     EvaluateFn,
     build_topology,
+    flat_rounds,
     round_recorder,
-    timing,
     train_settings,
 )
 from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
+from flower_eec.strategies.aggregation import scalars
 from flower_eec.strategies.fedin import FedIN, HierFedIN, sub_record, tensor_spec
+from flower_eec.strategies.hierarchical import RoundReport
 
 
 def fedin_model(config: Config, data: FederatedData, depth: str) -> ResNet:
@@ -131,7 +132,7 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder, *,
 
     if config.fedin.hierarchical:
         on_round = round_recorder(
-            grid, recorder, lambda: {"fedin": fedin_stats(list(hier.edges.values()))})
+            grid, recorder, lambda _: {"fedin": fedin_stats(list(hier.edges.values()))})
 
         hier = HierFedIN(model_of, build_topology(config), features, **knobs,
                          edge_rounds=config.train.edge_rounds, evaluate_edges=config.eval.edges,
@@ -147,30 +148,15 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder, *,
     flat.device_of = device_of
     grid.drain()  # discovery is not part of round 1
 
-    def on_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
-            return None
-        started = time.perf_counter()
-        last = server_round == config.train.rounds
-        metrics = (evaluate_fn(server_round, arrays)
-                   if server_round % config.eval.every == 0 or last else None)
-        server_s = time.perf_counter() - started
-        traffic, exchange_s = grid.drain()
-        devices: dict[str, Any] = {"participants": len(node_of),
-                                   "failures": len(flat.failures)}
+    def devices() -> RoundReport:
+        report = RoundReport(round=0, participants=len(node_of), failures=len(flat.failures))
         if flat.last_evaluate is not None:
-            devices["mean_local_accuracy"] = flat.last_evaluate.get("accuracy")
-            devices["mean_local_loss"] = flat.last_evaluate.get("loss")
+            report.device_metrics = scalars(flat.last_evaluate)
             flat.last_evaluate = None
-        recorder.add_round({
-            "round": server_round, "cloud": dict(metrics or {}), "devices": devices,
-            "comm_bytes": {
-                "cloud_to_device": sum(t.sent_bytes for t in traffic.values()),
-                "device_to_cloud": sum(t.received_bytes for t in traffic.values())},
-            "fedin": fedin_stats([flat]),
-            "timing": timing(traffic, exchange_s, server_s)})
-        return metrics
+        return report
 
+    on_evaluate = flat_rounds(config, evaluate_fn, round_recorder(
+        grid, recorder, lambda _: {"fedin": fedin_stats([flat])}), devices)
     flat.start(grid, initial, num_rounds=config.train.rounds, timeout=config.simulation.timeout,
                evaluate_fn=on_evaluate)
 

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from flower_eec.clients.weights import WeightsDevice
 from flower_eec.grid.discovery import wait_for_nodes
-from flower_eec.grid.metered import MeteredGrid, Traffic
+from flower_eec.grid.metered import MeteredGrid
 from flower_eec.run.config import Config
 from flower_eec.run.devices import device_model, test_data, train_data
 from flower_eec.run.experiment import (
+    flat_rounds,
     hierarchical_options,
+    round_recorder,
     start_point,
-    timing,
     train_settings,
 )
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
-from flower_eec.strategies.aggregation import weighted_metrics
+from flower_eec.strategies.aggregation import scalars, weighted_metrics
+from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
 
 
@@ -42,48 +41,40 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
     evaluate_fn, initial = start_point(config)
     num_devices = config.topology.num_devices
     wait_for_nodes(grid, num_devices, config.simulation.node_wait)
-    # FedAvg aggregates the devices' evaluation just before calling evaluate_fn in the same round
-    device_eval: list[MetricRecord] = []
+    # FedAvg aggregates the round's replies before it calls evaluate_fn: keep what they said.
+    # Every device is sampled (fraction_train=1); FedAvg aggregates only when some replied.
+    def fresh() -> RoundReport:
+        return RoundReport(round=0, participants=num_devices, failures=num_devices)
+
+    round_so_far = fresh()
+
+    def train_aggr(records: list[RecordDict], key: str) -> MetricRecord:
+        round_so_far.failures = num_devices - len(records)
+        return weighted_metrics(_metrics(records), key) or MetricRecord()
 
     def evaluate_aggr(records: list[RecordDict], key: str) -> MetricRecord:
-        metrics = weighted_metrics([next(iter(r.metric_records.values())) for r in records],
-                                   key) or MetricRecord()
-        device_eval.append(metrics)
+        metrics = weighted_metrics(_metrics(records), key) or MetricRecord()
+        round_so_far.device_metrics = scalars(metrics)
         return metrics
 
-    def on_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
-            return None
-        last = server_round == config.train.rounds
-        started = time.perf_counter()
-        metrics = (evaluate_fn(server_round, arrays)
-                   if server_round % config.eval.every == 0 or last else None)
-        server_s = time.perf_counter() - started
-        traffic, exchange_s = grid.drain()
-        train = traffic.get("train", Traffic())
-        devices: dict[str, Any] = {"participants": train.sent,
-                                   "failures": train.sent - train.replies + train.errors}
-        if device_eval:
-            local = device_eval.pop()
-            devices["mean_local_accuracy"] = local.get("accuracy")
-            devices["mean_local_loss"] = local.get("loss")
-        recorder.add_round({
-            "round": server_round, "cloud": dict(metrics or {}), "devices": devices,
-            "comm_bytes": {
-                "cloud_to_device": sum(t.sent_bytes for t in traffic.values()),
-                "device_to_cloud": sum(t.received_bytes for t in traffic.values())},
-            "timing": timing(traffic, exchange_s, server_s),
-        })
-        return metrics
+    def devices() -> RoundReport:
+        nonlocal round_so_far
+        report, round_so_far = round_so_far, fresh()
+        return report
 
     strategy = FedAvg(min_available_nodes=num_devices, min_train_nodes=num_devices,
                       min_evaluate_nodes=num_devices if config.eval.devices else 0,
                       fraction_evaluate=1.0 if config.eval.devices else 0.0,
-                      evaluate_metrics_aggr_fn=evaluate_aggr)
+                      train_metrics_aggr_fn=train_aggr, evaluate_metrics_aggr_fn=evaluate_aggr)
     strategy.start(grid, initial, num_rounds=config.train.rounds,
                    timeout=config.simulation.timeout,
                    train_config=ConfigRecord(train_settings(config).to_config()),
-                   evaluate_fn=on_evaluate)
+                   evaluate_fn=flat_rounds(config, evaluate_fn, round_recorder(grid, recorder),
+                                           devices))
+
+
+def _metrics(records: list[RecordDict]) -> list[MetricRecord]:
+    return [next(iter(r.metric_records.values())) for r in records]
 
 
 def app_device() -> WeightsDevice:
