@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ import pytest
 from flwr.app import Message, RecordDict
 
 from flower_eec.app.client_app import app
+from flower_eec.errors import ConfigError
 from flower_eec.grid.local import LocalGrid
 from flower_eec.protocol import names
 from flower_eec.run import experiment
-from flower_eec.run.config import PROFILES, Config, resolve, to_json
+from flower_eec.run.config import PROFILES, flat_keys, from_json, resolve, to_dict, to_json
 from flower_eec.run.registry import methods
 
 PACKAGE = Path(__file__).resolve().parents[1] / "flower_eec"
@@ -29,10 +31,23 @@ def test_every_method_ships_defaults_that_resolve_for_every_profile() -> None:
             assert (config.method, config.profile) == (name, profile)
 
 
-def test_every_section_is_a_config_section() -> None:
-    for entry in methods().values():
-        if entry.section is not None:
-            assert hasattr(Config(), entry.section), entry.section
+def test_every_section_is_a_config_section_with_its_defaults() -> None:
+    for name, entry in methods().items():
+        config = resolve(name, {"profile": "smoke"})
+        for section, knobs in entry.sections.items():
+            assert isinstance(getattr(config, section), knobs), (name, section)
+            assert set(to_dict(config)[section]) == set(knobs.__dataclass_fields__)
+
+
+def test_a_method_section_is_reachable_by_every_config_way(tmp_path: Path) -> None:
+    config = resolve("fedagg", {"fedagg": {"T": 5.0}, "fedin": {"mu": 0.5}})
+    assert (config.fedagg.T, config.fedin.mu) == (5.0, 0.5)
+    assert from_json(to_json(config)).fedagg.T == 5.0
+    assert "fedagg.T" in flat_keys() and "eclm.top_k" in flat_keys()
+    with pytest.raises(ConfigError, match="fedagg.T"):
+        resolve("fedagg", {"fedagg": {"T": 0}})
+    with pytest.raises(ConfigError, match="unknown config key 'fedagg.temperature'"):
+        resolve("fedagg", {"fedagg": {"temperature": 3}})
 
 
 def test_the_client_app_answers_every_registered_device_handler() -> None:
@@ -65,3 +80,9 @@ def test_one_smoke_round_of_every_method_has_no_failed_device(name: str, tmp_pat
     [row] = results["rounds"]
     assert row["devices"]["failures"] == 0, row
     assert 0.0 <= row["cloud"]["accuracy"] <= 1.0
+
+
+def test_a_config_survives_pickling() -> None:
+    config = resolve("fedeec", {"fedeec": {"skr": "both"}})
+    again = pickle.loads(pickle.dumps(config))
+    assert (type(again), again.fedeec.skr, to_dict(again)) == (type(config), "both", to_dict(config))

@@ -40,11 +40,23 @@ from flower_eec.data.synthetic import make_synthetic
 from flower_eec.errors import ConfigError, DataError
 
 DATASETS = ("cifar10", "cifar100", "cinic10", "fashion_mnist", "mnist", "svhn", "synthetic")
+# Each dataset's image shape (channels, height, width), known before a file is read: what the
+# config checks a run against (FedAgg's bridge). The loaders return arrays of exactly this shape.
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "cinic10": (3, 32, 32),
+    "fashion_mnist": (1, 28, 28),
+    "mnist": (1, 28, 28),
+    "svhn": (3, 32, 32),
+    "synthetic": (3, 32, 32),  # make_synthetic's defaults, the ones runs use
+}
 DATA_ENV = "FLOWER_EEC_DATA"
 
 __all__ = [
     "DATASETS",
     "DATA_ENV",
+    "IMAGE_SHAPES",
     "SCHEMES",
     "Dataset",
     "augment",

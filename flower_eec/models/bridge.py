@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -151,6 +152,17 @@ def bridge_digest(bridge: BridgeAutoencoder) -> str:
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def bridge_meta(path: str | Path | None = None) -> dict[str, Any]:
+    """The provenance of a bridge's weights file (``None``: the shipped one): ``in_channels``,
+    and from ``scripts/train_bridge.py`` the ``dataset`` (its name first), ``holdout_fraction``,
+    ``cifar100_labels``, ...
+
+    Raises:
+        DataError: The file is missing or corrupt.
+    """
+    return load_state_json(DEFAULT_WEIGHTS if path is None else Path(path))[1]
 
 
 def load_bridge(path: str | Path | None = None) -> BridgeAutoencoder:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,6 @@ from omegaconf.errors import OmegaConfBaseException
 from flower_eec.errors import ConfigError
 
 if TYPE_CHECKING:
-    from flower_eec.core.losses import SKR
     from flower_eec.run.registry import Method
 
 PROFILES_NAMES = ("smoke", "cpu", "paper")
@@ -27,8 +27,6 @@ DATASETS = ("synthetic", "cifar10", "cifar100", "cinic10", "fashion_mnist", "mni
 PARTITIONS = ("dirichlet", "iid", "pathological")
 ASSIGNMENTS = ("contiguous", "round_robin", "random")
 ORPHANS = ("skip", "cloud")
-SCHEDULES = ("parallel", "sequential")
-SKR_MODES = ("off", "upward", "both")
 
 
 @dataclass
@@ -119,97 +117,9 @@ class SimulationConfig:
 
 
 @dataclass
-class FedAggConfig:
-    """FedAgg's BSBODP (paper: T=3, beta=10, gamma=1; the official code's devices: beta_leaf=1).
-
-    ``fidelity`` reproduces the official demo where its defects change results (BatchNorm in
-    training mode for teacher logits and testing, bridge samples in [0, 1], frozen augmentation).
-    ``bridge_weights`` is a weights JSON of ``scripts/train_bridge.py``; empty takes the shipped
-    CIFAR-10 bridge. ``clip`` > 0 caps the gradient norm of every distillation step (ours;
-    0: the papers' unclipped SGD).
-    """
-
-    T: float = 3.0
-    beta: float = 10.0
-    beta_leaf: float = 1.0
-    gamma: float = 1.0
-    schedule: str = "parallel"
-    fidelity: bool = False
-    fp16: bool = False
-    bridge_weights: str = ""
-    clip: float = 0.0
-
-
-@dataclass
-class FedEECConfig:
-    """FedEEC (``method=fedeec``): FedAgg's BSBODP (the ``fedagg`` section) with self-knowledge
-    rectification, our reconstruction (``losses.skr_target``).
-
-    ``skr``: where the rectified target replaces plain KD: ``upward`` (a parent learning from a
-    child), ``both`` (every direction) or ``off`` (then FedEEC is FedAgg). ``self_knowledge``:
-    where the teacher is wrong and the student right, distil towards the student's own
-    distribution. ``swap``: where the teacher is wrong otherwise, swap the true class to the top.
-    """
-
-    skr: str = "upward"
-    self_knowledge: bool = True
-    swap: bool = True
-
-
-@dataclass
-class EclmConfig:
-    """ECLM (``method=eclm``): the modular model, the offline stage, budgets, the shift schedule.
-
-    ``layers`` x ``modules`` BasicBlock modules of ``channels * 2**layer`` channels, ``top_k``
-    (1 or 2) run per sample and layer; ``lb_weight`` weighs the load-balancing loss (in the
-    cloud's offline stage; devices keep the selector frozen); against module collapse (our
-    addition), ``gate_noise`` is the standard deviation of Gaussian noise on the selector's
-    logits in the offline stage and ``selector_norm`` standardises the selector's input; the
-    cloud trains ``offline_epochs`` on ``data.holdout`` before round 1; ``cloud_weight`` is the
-    cloud copy's share when modules are merged; a device's budget is a fraction of the full
-    model's parameters drawn in [``budget_low``, ``budget_high``] every ``budget_every`` rounds
-    (0: fixed); labels shift every ``shift_every`` rounds (0: never), by a new
-    Dirichlet(``data.alpha``) draw.
-    """
-
-    layers: int = 3
-    modules: int = 4
-    top_k: int = 1
-    channels: int = 16
-    lb_weight: float = 0.5
-    gate_noise: float = 0.3
-    selector_norm: bool = True
-    offline_epochs: int = 5
-    cloud_weight: float = 0.2
-    budget_low: float = 0.3
-    budget_high: float = 0.6
-    budget_every: int = 5
-    shift_every: int = 5
-
-
-@dataclass
-class FedINConfig:
-    """FedIN and HeteroAvg (our reconstruction of arXiv 2304.00759, ALGORITHMS.md section 4).
-
-    ``depths``: the FedIN ResNet depths, devices split evenly over them (the deepest is the global
-    model); ``hierarchical``: run as the edge tier of ``Hierarchical`` instead of flat; ``mu``:
-    weight of the IN gradient in the QP's target; ``feature_batch``: samples per uploaded feature
-    batch (0: as many as fit in ``max_feature_bytes``, at most ``train.batch_size``); ``fp16``:
-    features travel as float16.
-    """
-
-    depths: list[str] = field(default_factory=lambda: [
-        "resnet10", "resnet14", "resnet18", "resnet22", "resnet26"])
-    hierarchical: bool = False
-    mu: float = 1.0
-    feature_batch: int = 0
-    max_feature_bytes: int = 1_000_000
-    fp16: bool = True
-
-
-@dataclass
 class Config:
-    """Everything one run needs; every field has a default."""
+    """Everything one run needs; every field has a default. The sections shared by every
+    method are declared here; each method's own section comes from the registry."""
 
     method: str = "hierfavg"
     profile: str = "smoke"
@@ -221,10 +131,27 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
-    fedagg: FedAggConfig = field(default_factory=FedAggConfig)
-    fedeec: FedEECConfig = field(default_factory=FedEECConfig)
-    eclm: EclmConfig = field(default_factory=EclmConfig)
-    fedin: FedINConfig = field(default_factory=FedINConfig)
+
+    def __getattr__(self, name: str) -> Any:
+        """A method's own section (``config.fedagg``): a run's config is a ``config_class()``,
+        which adds one field per section of the registered methods."""
+        raise AttributeError(f"the config has no key or section '{name}'")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the run's class is made at run time: a pickle carries the JSON and resolves it again
+        return from_json, (to_json(self),)
+
+
+@cache
+def config_class() -> type[Config]:
+    """``Config`` with one field per registered method's section (its knobs and defaults)."""
+    from flower_eec.run.registry import sections
+
+    run_config = make_dataclass("Config", [(name, knobs, field(default_factory=knobs))
+                                           for name, knobs in sections().items()],
+                                bases=(Config,))
+    run_config.__module__ = __name__
+    return run_config
 
 
 # Shared by every method so that methods are compared on the same data, topology and budget.
@@ -258,7 +185,7 @@ RUN_CONFIG_KEYS = ("method", "profile", "config-file", "overrides", "out", "conf
 
 
 def _schema() -> DictConfig:
-    return OmegaConf.structured(Config)
+    return OmegaConf.structured(config_class())
 
 
 def _merge(base: DictConfig, layer: dict[str, Any], source: str) -> DictConfig:
@@ -436,67 +363,67 @@ def from_json(text: str) -> Config:
     return config
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise a ConfigError naming ``key``, its ``value`` and what is ``allowed`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"bad value for '{key}': {value!r}; allowed: {allowed}")
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    _check(value in allowed, key, value, ", ".join(allowed))
+def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    """``check`` that ``value`` is one of ``allowed``."""
+    check(value in allowed, key, value, ", ".join(allowed))
 
 
 def validate(config: Config) -> None:
     """Check values beyond their types; raise ConfigError naming the key and what is allowed."""
     from flower_eec.models import MODEL_NAMES
 
-    _choice("method", config.method, tuple(method_names()))
-    _choice("profile", config.profile, PROFILES_NAMES)
+    choice("method", config.method, tuple(method_names()))
+    choice("profile", config.profile, PROFILES_NAMES)
     d, t, m, tr = config.data, config.topology, config.model, config.train
-    _choice("data.dataset", d.dataset, DATASETS)
-    _choice("data.partition", d.partition, PARTITIONS)
-    _choice("data.cifar100_labels", d.cifar100_labels, ("coarse", "fine"))
-    _check(0 < d.subset <= 1, "data.subset", d.subset, "a fraction in (0, 1]")
-    _check(0 <= d.holdout < 1, "data.holdout", d.holdout, "a fraction in [0, 1)")
-    _check(d.alpha > 0 and math.isfinite(d.alpha), "data.alpha", d.alpha, "a positive number")
-    _check(d.local_test_size >= 1, "data.local_test_size", d.local_test_size, ">= 1")
-    _check(t.num_devices >= 1, "topology.num_devices", t.num_devices, ">= 1")
-    _check(1 <= t.num_edges <= t.num_devices, "topology.num_edges", t.num_edges,
-           f"between 1 and topology.num_devices ({t.num_devices})")
-    _choice("topology.assignment", t.assignment, ASSIGNMENTS)
-    _choice("topology.orphans", t.orphans, ORPHANS)
+    choice("data.dataset", d.dataset, DATASETS)
+    choice("data.partition", d.partition, PARTITIONS)
+    choice("data.cifar100_labels", d.cifar100_labels, ("coarse", "fine"))
+    check(0 < d.subset <= 1, "data.subset", d.subset, "a fraction in (0, 1]")
+    check(0 <= d.holdout < 1, "data.holdout", d.holdout, "a fraction in [0, 1)")
+    check(d.alpha > 0 and math.isfinite(d.alpha), "data.alpha", d.alpha, "a positive number")
+    check(d.local_test_size >= 1, "data.local_test_size", d.local_test_size, ">= 1")
+    check(t.num_devices >= 1, "topology.num_devices", t.num_devices, ">= 1")
+    check(1 <= t.num_edges <= t.num_devices, "topology.num_edges", t.num_edges,
+          f"between 1 and topology.num_devices ({t.num_devices})")
+    choice("topology.assignment", t.assignment, ASSIGNMENTS)
+    choice("topology.orphans", t.orphans, ORPHANS)
     for key in ("mobility", "device_dropout", "edge_dropout"):
         value = getattr(t, key)
-        _check(0 <= value <= 1, f"topology.{key}", value, "a probability in [0, 1]")
+        check(0 <= value <= 1, f"topology.{key}", value, "a probability in [0, 1]")
     for key in ("device", "edge", "cloud"):
-        _choice(f"model.{key}", getattr(m, key), MODEL_NAMES)
+        choice(f"model.{key}", getattr(m, key), MODEL_NAMES)
     if m.large_device:
-        _choice("model.large_device", m.large_device, MODEL_NAMES)
-    _check(0 <= m.large_fraction <= 1, "model.large_fraction", m.large_fraction, "[0, 1]")
-    _choice("model.stem", m.stem, ("cifar", "imagenet"))
-    _check(m.width > 0, "model.width", m.width, "> 0")
+        choice("model.large_device", m.large_device, MODEL_NAMES)
+    check(0 <= m.large_fraction <= 1, "model.large_fraction", m.large_fraction, "[0, 1]")
+    choice("model.stem", m.stem, ("cifar", "imagenet"))
+    check(m.width > 0, "model.width", m.width, "> 0")
     for key in ("rounds", "edge_rounds", "local_epochs", "batch_size"):
-        _check(getattr(tr, key) >= 1, f"train.{key}", getattr(tr, key), ">= 1")
-    _check(tr.lr > 0, "train.lr", tr.lr, "> 0")
-    _check(tr.momentum >= 0, "train.momentum", tr.momentum, ">= 0")
-    _check(tr.weight_decay >= 0, "train.weight_decay", tr.weight_decay, ">= 0")
-    _check(config.seed >= 0, "seed", config.seed, "an integer >= 0")
-    _check(d.cutout >= 0, "data.cutout", d.cutout, ">= 0 (0 turns Cutout off)")
-    _check(d.min_size >= 1, "data.min_size", d.min_size, ">= 1")
-    _check(d.classes_per_device >= 1, "data.classes_per_device", d.classes_per_device, ">= 1")
-    _check(config.eval.every >= 1, "eval.every", config.eval.every, ">= 1")
-    _check(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")
+        check(getattr(tr, key) >= 1, f"train.{key}", getattr(tr, key), ">= 1")
+    check(tr.lr > 0, "train.lr", tr.lr, "> 0")
+    check(tr.momentum >= 0, "train.momentum", tr.momentum, ">= 0")
+    check(tr.weight_decay >= 0, "train.weight_decay", tr.weight_decay, ">= 0")
+    check(config.seed >= 0, "seed", config.seed, "an integer >= 0")
+    check(d.cutout >= 0, "data.cutout", d.cutout, ">= 0 (0 turns Cutout off)")
+    check(d.min_size >= 1, "data.min_size", d.min_size, ">= 1")
+    check(d.classes_per_device >= 1, "data.classes_per_device", d.classes_per_device, ">= 1")
+    check(config.eval.every >= 1, "eval.every", config.eval.every, ">= 1")
+    check(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")
     sim = config.simulation
-    _check(sim.torch_threads >= 1, "simulation.torch_threads", sim.torch_threads, ">= 1")
-    _check(sim.client_cpus >= 1, "simulation.client_cpus", sim.client_cpus, ">= 1")
-    _check(sim.client_gpus >= 0, "simulation.client_gpus", sim.client_gpus, ">= 0")
-    _check(sim.node_wait > 0, "simulation.node_wait", sim.node_wait, "> 0 seconds")
-    _check(config.simulation.timeout > 0, "simulation.timeout", config.simulation.timeout, "> 0")
+    check(sim.torch_threads >= 1, "simulation.torch_threads", sim.torch_threads, ">= 1")
+    check(sim.client_cpus >= 1, "simulation.client_cpus", sim.client_cpus, ">= 1")
+    check(sim.client_gpus >= 0, "simulation.client_gpus", sim.client_gpus, ">= 0")
+    check(sim.node_wait > 0, "simulation.node_wait", sim.node_wait, "> 0 seconds")
+    check(config.simulation.timeout > 0, "simulation.timeout", config.simulation.timeout, "> 0")
     _validate_outages(t)
-    _choice("fedeec.skr", config.fedeec.skr, SKR_MODES)
-    if is_bridge(config):
-        _validate_fedagg(config)
-    _validate_eclm(config)
-    _validate_fedin(config.fedin)
+    entry = _entry(config.method)
+    if entry.check is not None:
+        entry.check(config)
 
 
 def edge_outages(t: TopologyConfig) -> Any:
@@ -513,109 +440,6 @@ def _validate_outages(t: TopologyConfig) -> None:
         raise ConfigError(f"bad value for 'topology.edge_outages': {err}") from None
 
 
-def skr_mode(config: Config) -> str:
-    """FedEEC's SKR mode: ``fedeec.skr`` for a method whose section is ``fedeec``, else ``off``."""
-    return config.fedeec.skr if _entry(config.method).section == "fedeec" else "off"
-
-
-def rectification(config: Config) -> SKR:
-    """The parts of FedEEC's SKR that ``fedeec`` turns on."""
-    from flower_eec.core.losses import SKR
-
-    return SKR(self_knowledge=config.fedeec.self_knowledge, swap=config.fedeec.swap)
-
-
 def demo_fidelity(config: Config) -> bool:
     """Whether this run reproduces the FedAgg demo's train-mode BatchNorm (``fedagg.fidelity``)."""
     return is_bridge(config) and config.fedagg.fidelity
-
-
-def _validate_fedagg(config: Config) -> None:
-    f = config.fedagg
-    _check(f.T > 0, "fedagg.T", f.T, "> 0")
-    for key in ("beta", "beta_leaf", "gamma", "clip"):
-        _check(getattr(f, key) >= 0, f"fedagg.{key}", getattr(f, key), ">= 0")
-    _choice("fedagg.schedule", f.schedule, SCHEDULES)
-    if f.bridge_weights:
-        _check(Path(f.bridge_weights).is_file(), "fedagg.bridge_weights", f.bridge_weights,
-               "a weights JSON written by scripts/train_bridge.py (or empty for the shipped one)")
-    _validate_bridge(config)
-
-
-def _validate_bridge(config: Config) -> None:
-    """The bridge must take the dataset's images, and a run on the dataset the bridge was trained
-    on must hold out (at least) the slice it saw, with the same labels (the slice is stratified)."""
-    from flower_eec.data import IMAGE_SHAPES
-    from flower_eec.errors import DataError
-    from flower_eec.models.bridge import bridge_meta
-
-    d, path = config.data, config.fedagg.bridge_weights
-    which = f"the bridge in fedagg.bridge_weights ({path})" if path else "the shipped bridge"
-    try:
-        meta = bridge_meta(path or None)
-    except DataError as err:
-        raise ConfigError(f"bad value for 'fedagg.bridge_weights': {err}") from None
-    channels, height, width = IMAGE_SHAPES[d.dataset]
-    bridge_channels = meta.get("in_channels", 3)
-    if bridge_channels != channels or height % 4 or width % 4:
-        grey = " (grey MNIST and Fashion-MNIST images are not widened to 3 channels)" if (
-            channels == 1) else ""
-        raise ConfigError(
-            f"{which} encodes {bridge_channels}-channel images whose sides divide by 4, but "
-            f"data.dataset={d.dataset} has {channels}x{height}x{width} images{grey}. Train a "
-            f"bridge on a held-out slice of it: python scripts/train_bridge.py --dataset "
-            f"{d.dataset} --data-root PATH --out FILE, then run with "
-            "fedagg.bridge_weights=FILE and data.holdout=0.1 (the script's --fraction)")
-    trained_on = str(meta.get("dataset", "")).split(" ")[0]
-    fraction = meta.get("holdout_fraction")
-    if trained_on != d.dataset or not isinstance(fraction, (int, float)):
-        return
-    labels = meta.get("cifar100_labels", "coarse")
-    if d.dataset == "cifar100" and labels != d.cifar100_labels:
-        raise ConfigError(
-            f"{which} was trained on a held-out slice of CIFAR-100 drawn per {labels} label, but "
-            f"data.cifar100_labels is {d.cifar100_labels}, which holds out another slice: train "
-            f"one with scripts/train_bridge.py --cifar100-labels {d.cifar100_labels}")
-    if d.holdout < fraction:
-        raise ConfigError(
-            f"data.holdout is {d.holdout}, but {which} was trained on the held-out "
-            f"{fraction:.0%} of {d.dataset}'s training set: set data.holdout={fraction:g} (or "
-            "more) so that no device holds an image it saw")
-
-
-def _validate_eclm(config: Config) -> None:
-    e = config.eclm
-    for key in ("layers", "modules", "channels"):
-        _check(getattr(e, key) >= 1, f"eclm.{key}", getattr(e, key), ">= 1")
-    _check(e.top_k in (1, 2) and e.top_k <= e.modules, "eclm.top_k", e.top_k,
-           f"1 or 2, at most eclm.modules ({e.modules})")
-    _check(e.lb_weight >= 0, "eclm.lb_weight", e.lb_weight, ">= 0")
-    _check(e.gate_noise >= 0, "eclm.gate_noise", e.gate_noise, ">= 0 (0: no noise)")
-    _check(e.offline_epochs >= 0, "eclm.offline_epochs", e.offline_epochs, ">= 0")
-    _check(0 <= e.cloud_weight < 1, "eclm.cloud_weight", e.cloud_weight, "a weight in [0, 1)")
-    _check(0 < e.budget_low <= 1, "eclm.budget_low", e.budget_low, "a fraction in (0, 1]")
-    _check(e.budget_low <= e.budget_high <= 1, "eclm.budget_high", e.budget_high,
-           f"a fraction in [eclm.budget_low ({e.budget_low}), 1]")
-    for key in ("budget_every", "shift_every"):
-        _check(getattr(e, key) >= 0, f"eclm.{key}", getattr(e, key), ">= 0 (0: never)")
-    if _entry(config.method).section != "eclm":
-        return
-    for key in ("device", "edge", "cloud"):
-        _check(getattr(config.model, key) == "modular", f"model.{key}",
-               getattr(config.model, key), "'modular' (ECLM's cloud and sub-models are modular)")
-    _check(config.data.holdout > 0 or e.offline_epochs == 0, "data.holdout", config.data.holdout,
-           "a fraction in (0, 1) for ECLM's offline stage on the cloud's own data "
-           "(or eclm.offline_epochs=0)")
-
-
-def _validate_fedin(f: FedINConfig) -> None:
-    from flower_eec.models.fedin import FEDIN_DEPTHS
-
-    _check(len(f.depths) >= 1 and len(set(f.depths)) == len(f.depths), "fedin.depths", f.depths,
-           f"a non-empty list of distinct depths from {list(FEDIN_DEPTHS)}")
-    for depth in f.depths:
-        _choice("fedin.depths", depth, FEDIN_DEPTHS)
-    _check(f.mu >= 0 and math.isfinite(f.mu), "fedin.mu", f.mu, "a number >= 0")
-    _check(f.feature_batch >= 0, "fedin.feature_batch", f.feature_batch,
-           "an integer >= 0 (0: the largest batch within fedin.max_feature_bytes)")
-    _check(f.max_feature_bytes > 0, "fedin.max_feature_bytes", f.max_feature_bytes, "> 0 bytes")

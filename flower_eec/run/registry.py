@@ -1,15 +1,16 @@
 """The method registry: one entry per method, the only place that maps a method's name to its parts.
 
-An entry names the method's config section (its knobs, with defaults in the schema and in the
-method's YAML shipped beside its module), its server side (build the strategy from a config and
-run it) and its device side (the ``Device`` our ClientApp registers). Adding a method: a module in
-``flower_eec/run/methods/`` (and its YAML), plus one line in ``_ENTRIES``.
+An entry names the method's config sections (dataclasses of its knobs and their defaults, checked
+by the entry's ``check``; its YAML shipped beside its module sets them per profile), its server
+side (build the strategy from a config and run it) and its device side (the ``Device`` our
+ClientApp registers). Adding a method: a module in ``flower_eec/run/methods/`` and its YAML, plus
+one line in ``methods()``; the config schema, ``flower-eec show`` and our ClientApp follow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -32,7 +33,10 @@ class Method:
             one row per round to the recorder.
         device: Our ClientApp's device for this method (model and data from the run config's
             local settings). Methods that share a device protocol return the same class.
-        section: The config section of the method's own knobs (``None``: none).
+        sections: The config sections of the method's own knobs, by name (a dataclass each);
+            methods may share a section (FedEEC reads FedAgg's ``fedagg``).
+        check: Validates the method's sections (and what else the method needs of the
+            config), raising ``ConfigError``; run on every resolved config of this method.
         bridge: Tiers carry their own models and exchange logits on bridge samples (FedAgg's
             ``fedagg`` section applies, and the central evaluator knows every tier's model).
     """
@@ -40,7 +44,8 @@ class Method:
     name: str
     run: Callable[[Config, MeteredGrid, Recorder], None]
     device: Callable[[], Device]
-    section: str | None = None
+    sections: Mapping[str, type] = field(default_factory=dict)
+    check: Callable[[Config], None] | None = None
     bridge: bool = False
 
     @property
@@ -63,6 +68,21 @@ def methods() -> dict[str, Method]:
         fedin.HETEROAVG,
         eclm.ECLM_METHOD,
     )}
+
+
+def sections() -> dict[str, type]:
+    """Every registered method's config section, by name.
+
+    Raises:
+        ValueError: Two methods declare one section name with different dataclasses.
+    """
+    found: dict[str, type] = {}
+    for entry in methods().values():
+        for name, knobs in entry.sections.items():
+            if found.setdefault(name, knobs) is not knobs:
+                raise ValueError(f"section '{name}' is declared twice, differently "
+                                 f"(method '{entry.name}')")
+    return found
 
 
 def method(name: str) -> Method:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from flower_eec.core.eclm_training import offline_stage
 from flower_eec.grid.metered import MeteredGrid
 from flower_eec.models import count_parameters
 from flower_eec.models.modular import ModularNet
-from flower_eec.run.config import Config
+from flower_eec.run.config import Config, check
 from flower_eec.run.devices import build_device_model, device_setup, train_data
 from flower_eec.run.experiment import build_topology, round_recorder, start_point, train_settings
 from flower_eec.run.federated import FederatedData, federated_data
@@ -23,6 +24,61 @@ from flower_eec.run.results import Recorder
 from flower_eec.run.shift import data_at_round
 from flower_eec.strategies.eclm import ECLM, EclmRoundReport
 from flower_eec.strategies.hierarchical import RoundReport
+
+
+@dataclass
+class EclmConfig:
+    """ECLM (``method=eclm``): the modular model, the offline stage, budgets, the shift schedule.
+
+    ``layers`` x ``modules`` BasicBlock modules of ``channels * 2**layer`` channels, ``top_k``
+    (1 or 2) run per sample and layer; ``lb_weight`` weighs the load-balancing loss (in the
+    cloud's offline stage; devices keep the selector frozen); against module collapse (our
+    addition), ``gate_noise`` is the standard deviation of Gaussian noise on the selector's
+    logits in the offline stage and ``selector_norm`` standardises the selector's input; the
+    cloud trains ``offline_epochs`` on ``data.holdout`` before round 1; ``cloud_weight`` is the
+    cloud copy's share when modules are merged; a device's budget is a fraction of the full
+    model's parameters drawn in [``budget_low``, ``budget_high``] every ``budget_every`` rounds
+    (0: fixed); labels shift every ``shift_every`` rounds (0: never), by a new
+    Dirichlet(``data.alpha``) draw.
+    """
+
+    layers: int = 3
+    modules: int = 4
+    top_k: int = 1
+    channels: int = 16
+    lb_weight: float = 0.5
+    gate_noise: float = 0.3
+    selector_norm: bool = True
+    offline_epochs: int = 5
+    cloud_weight: float = 0.2
+    budget_low: float = 0.3
+    budget_high: float = 0.6
+    budget_every: int = 5
+    shift_every: int = 5
+
+
+def check_eclm(config: Config) -> None:
+    """The ``eclm`` section, and the tiers' models and hold-out it needs."""
+    e = config.eclm
+    for key in ("layers", "modules", "channels"):
+        check(getattr(e, key) >= 1, f"eclm.{key}", getattr(e, key), ">= 1")
+    check(e.top_k in (1, 2) and e.top_k <= e.modules, "eclm.top_k", e.top_k,
+          f"1 or 2, at most eclm.modules ({e.modules})")
+    check(e.lb_weight >= 0, "eclm.lb_weight", e.lb_weight, ">= 0")
+    check(e.gate_noise >= 0, "eclm.gate_noise", e.gate_noise, ">= 0 (0: no noise)")
+    check(e.offline_epochs >= 0, "eclm.offline_epochs", e.offline_epochs, ">= 0")
+    check(0 <= e.cloud_weight < 1, "eclm.cloud_weight", e.cloud_weight, "a weight in [0, 1)")
+    check(0 < e.budget_low <= 1, "eclm.budget_low", e.budget_low, "a fraction in (0, 1]")
+    check(e.budget_low <= e.budget_high <= 1, "eclm.budget_high", e.budget_high,
+          f"a fraction in [eclm.budget_low ({e.budget_low}), 1]")
+    for key in ("budget_every", "shift_every"):
+        check(getattr(e, key) >= 0, f"eclm.{key}", getattr(e, key), ">= 0 (0: never)")
+    for key in ("device", "edge", "cloud"):
+        check(getattr(config.model, key) == "modular", f"model.{key}",
+              getattr(config.model, key), "'modular' (ECLM's cloud and sub-models are modular)")
+    check(config.data.holdout > 0 or e.offline_epochs == 0, "data.holdout", config.data.holdout,
+          "a fraction in (0, 1) for ECLM's offline stage on the cloud's own data "
+          "(or eclm.offline_epochs=0)")
 
 
 def strategy_of(config: Config,
@@ -94,4 +150,5 @@ def app_device() -> ECLMDevice:
     return ECLMDevice(train_data, budget_fn=app_budget, data_at_round_fn=data_at_round)
 
 
-ECLM_METHOD = Method(name="eclm", run=run_eclm, device=app_device, section="eclm")
+ECLM_METHOD = Method(name="eclm", run=run_eclm, device=app_device, sections={"eclm": EclmConfig},
+                     check=check_eclm)

@@ -4,7 +4,9 @@ app's device."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,9 +14,11 @@ from flwr.app import ArrayRecord, Context
 
 from flower_eec.clients.fedagg import FedAggDevice
 from flower_eec.core.learning import torch_device
+from flower_eec.core.losses import SKR
+from flower_eec.errors import ConfigError
 from flower_eec.grid.metered import MeteredGrid
 from flower_eec.models.bridge import BridgeAutoencoder, code_shape, load_bridge
-from flower_eec.run.config import Config, rectification, skr_mode
+from flower_eec.run.config import Config, check, choice
 from flower_eec.run.devices import (
     build_device_model,
     device_model,
@@ -26,8 +30,106 @@ from flower_eec.run.experiment import hierarchical_options, start_point
 from flower_eec.run.federated import federated_data
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
-from flower_eec.strategies.fedagg import FedAgg
+from flower_eec.strategies.fedagg import SCHEDULES, SKR_MODES, FedAgg
 from flower_eec.strategies.fedeec import FedEEC
+
+
+@dataclass
+class FedAggConfig:
+    """FedAgg's BSBODP (paper: T=3, beta=10, gamma=1; the official code's devices: beta_leaf=1).
+
+    ``fidelity`` reproduces the official demo where its defects change results (BatchNorm in
+    training mode for teacher logits and testing, bridge samples in [0, 1], frozen augmentation).
+    ``bridge_weights`` is a weights JSON of ``scripts/train_bridge.py``; empty takes the shipped
+    CIFAR-10 bridge. ``clip`` > 0 caps the gradient norm of every distillation step (ours;
+    0: the papers' unclipped SGD).
+    """
+
+    T: float = 3.0
+    beta: float = 10.0
+    beta_leaf: float = 1.0
+    gamma: float = 1.0
+    schedule: str = "parallel"
+    fidelity: bool = False
+    fp16: bool = False
+    bridge_weights: str = ""
+    clip: float = 0.0
+
+
+@dataclass
+class FedEECConfig:
+    """FedEEC (``method=fedeec``): FedAgg's BSBODP (the ``fedagg`` section) with self-knowledge
+    rectification, our reconstruction (``losses.skr_target``).
+
+    ``skr``: where the rectified target replaces plain KD: ``upward`` (a parent learning from a
+    child), ``both`` (every direction) or ``off`` (then FedEEC is FedAgg). ``self_knowledge``:
+    where the teacher is wrong and the student right, distil towards the student's own
+    distribution. ``swap``: where the teacher is wrong otherwise, swap the true class to the top.
+    """
+
+    skr: str = "upward"
+    self_knowledge: bool = True
+    swap: bool = True
+
+
+def check_fedagg(config: Config) -> None:
+    """The ``fedagg`` section, and the bridge against the run's dataset."""
+    f = config.fedagg
+    check(f.T > 0, "fedagg.T", f.T, "> 0")
+    for key in ("beta", "beta_leaf", "gamma", "clip"):
+        check(getattr(f, key) >= 0, f"fedagg.{key}", getattr(f, key), ">= 0")
+    choice("fedagg.schedule", f.schedule, SCHEDULES)
+    if f.bridge_weights:
+        check(Path(f.bridge_weights).is_file(), "fedagg.bridge_weights", f.bridge_weights,
+              "a weights JSON written by scripts/train_bridge.py (or empty for the shipped one)")
+    _validate_bridge(config)
+
+
+def _validate_bridge(config: Config) -> None:
+    """The bridge must take the dataset's images, and a run on the dataset the bridge was trained
+    on must hold out (at least) the slice it saw, with the same labels (the slice is stratified)."""
+    from flower_eec.data import IMAGE_SHAPES
+    from flower_eec.errors import DataError
+    from flower_eec.models.bridge import bridge_meta
+
+    d, path = config.data, config.fedagg.bridge_weights
+    which = f"the bridge in fedagg.bridge_weights ({path})" if path else "the shipped bridge"
+    try:
+        meta = bridge_meta(path or None)
+    except DataError as err:
+        raise ConfigError(f"bad value for 'fedagg.bridge_weights': {err}") from None
+    channels, height, width = IMAGE_SHAPES[d.dataset]
+    bridge_channels = meta.get("in_channels", 3)
+    if bridge_channels != channels or height % 4 or width % 4:
+        grey = " (grey MNIST and Fashion-MNIST images are not widened to 3 channels)" if (
+            channels == 1) else ""
+        raise ConfigError(
+            f"{which} encodes {bridge_channels}-channel images whose sides divide by 4, but "
+            f"data.dataset={d.dataset} has {channels}x{height}x{width} images{grey}. Train a "
+            f"bridge on a held-out slice of it: python scripts/train_bridge.py --dataset "
+            f"{d.dataset} --data-root PATH --out FILE, then run with "
+            "fedagg.bridge_weights=FILE and data.holdout=0.1 (the script's --fraction)")
+    trained_on = str(meta.get("dataset", "")).split(" ")[0]
+    fraction = meta.get("holdout_fraction")
+    if trained_on != d.dataset or not isinstance(fraction, (int, float)):
+        return
+    labels = meta.get("cifar100_labels", "coarse")
+    if d.dataset == "cifar100" and labels != d.cifar100_labels:
+        raise ConfigError(
+            f"{which} was trained on a held-out slice of CIFAR-100 drawn per {labels} label, but "
+            f"data.cifar100_labels is {d.cifar100_labels}, which holds out another slice: train "
+            f"one with scripts/train_bridge.py --cifar100-labels {d.cifar100_labels}")
+    if d.holdout < fraction:
+        raise ConfigError(
+            f"data.holdout is {d.holdout}, but {which} was trained on the held-out "
+            f"{fraction:.0%} of {d.dataset}'s training set: set data.holdout={fraction:g} (or "
+            "more) so that no device holds an image it saw")
+
+
+def check_fedeec(config: Config) -> None:
+    """FedAgg's checks and the ``fedeec`` section."""
+    check_fedagg(config)
+    choice("fedeec.skr", config.fedeec.skr, SKR_MODES)
 
 
 @lru_cache(maxsize=2)
@@ -56,8 +158,7 @@ def arguments(config: Config, initial: ArrayRecord) -> dict[str, Any]:
         mean=d.mean, std=d.std, T=f.T, beta=f.beta, beta_leaf=f.beta_leaf, gamma=f.gamma,
         lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, batch_size=t.batch_size,
         clip=f.clip, augment=config.data.augment, cutout=config.data.cutout,
-        schedule=f.schedule, fidelity=f.fidelity, fp16=f.fp16, skr=skr_mode(config),
-        rectification=rectification(config), num_classes=d.num_classes,
+        schedule=f.schedule, fidelity=f.fidelity, fp16=f.fp16, num_classes=d.num_classes,
         embedding_shape=code_shape(d.x_train.shape), logits_batch=config.eval.batch_size,
         evaluate_devices=config.eval.devices, seed=config.seed, torch_device=device)
 
@@ -71,7 +172,9 @@ def fedagg_strategy(config: Config, initial: ArrayRecord, **options: Any) -> Fed
 def fedeec_strategy(config: Config, initial: ArrayRecord, **options: Any) -> FedEEC:
     """FedEEC's cloud tier of ``config`` (``fedeec.skr`` and its parts); ``options`` as
     ``fedagg_strategy``'s."""
-    return FedEEC(**arguments(config, initial), **options)
+    e = config.fedeec
+    return FedEEC(**arguments(config, initial), skr=e.skr,
+                  rectification=SKR(self_knowledge=e.self_knowledge, swap=e.swap), **options)
 
 
 def _run(build: Callable[..., FedAgg], config: Config, grid: MeteredGrid,
@@ -103,5 +206,7 @@ def app_device() -> FedAggDevice:
     return FedAggDevice(device_model, train_data, test_data, bridge=app_bridge)
 
 
-FEDAGG = Method(name="fedagg", run=run_fedagg, device=app_device, section="fedagg", bridge=True)
-FEDEEC = Method(name="fedeec", run=run_fedeec, device=app_device, section="fedeec", bridge=True)
+FEDAGG = Method(name="fedagg", run=run_fedagg, device=app_device, bridge=True,
+                sections={"fedagg": FedAggConfig}, check=check_fedagg)
+FEDEEC = Method(name="fedeec", run=run_fedeec, device=app_device, bridge=True,
+                sections={"fedagg": FedAggConfig, "fedeec": FedEECConfig}, check=check_fedeec)

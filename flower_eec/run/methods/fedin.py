@@ -6,6 +6,8 @@ The run config is read here (and only here) for FedIN: the server's knobs go int
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any
 
@@ -17,14 +19,20 @@ from flower_eec.core.learning import evaluate, torch_device
 from flower_eec.errors import ConfigError
 from flower_eec.grid.discovery import place_devices
 from flower_eec.grid.metered import MeteredGrid
-from flower_eec.models.fedin import assign_depths, build_fedin_model, deepest, feature_shapes
+from flower_eec.models.fedin import (
+    FEDIN_DEPTHS,
+    assign_depths,
+    build_fedin_model,
+    deepest,
+    feature_shapes,
+)
 from flower_eec.models.resnet import ResNet
 from flower_eec.protocol.payloads import (
     FEATURE_RECORD_OVERHEAD,
     FeatureSpec,
     feature_bytes_per_sample,
 )
-from flower_eec.run.config import Config
+from flower_eec.run.config import Config, check, choice
 from flower_eec.run.devices import device_setup, test_data, train_data
 from flower_eec.run.experiment import (
     EvaluateFn,
@@ -39,6 +47,39 @@ from flower_eec.run.results import Recorder
 from flower_eec.strategies.aggregation import scalars
 from flower_eec.strategies.fedin import FedIN, HierFedIN, sub_record, tensor_spec
 from flower_eec.strategies.hierarchical import RoundReport
+
+
+@dataclass
+class FedINConfig:
+    """FedIN and HeteroAvg (our reconstruction of arXiv 2304.00759, ALGORITHMS.md section 4).
+
+    ``depths``: the FedIN ResNet depths, devices split evenly over them (the deepest is the global
+    model); ``hierarchical``: run as the edge tier of ``Hierarchical`` instead of flat; ``mu``:
+    weight of the IN gradient in the QP's target; ``feature_batch``: samples per uploaded feature
+    batch (0: as many as fit in ``max_feature_bytes``, at most ``train.batch_size``); ``fp16``:
+    features travel as float16.
+    """
+
+    depths: list[str] = field(default_factory=lambda: [
+        "resnet10", "resnet14", "resnet18", "resnet22", "resnet26"])
+    hierarchical: bool = False
+    mu: float = 1.0
+    feature_batch: int = 0
+    max_feature_bytes: int = 1_000_000
+    fp16: bool = True
+
+
+def check_fedin(config: Config) -> None:
+    """The ``fedin`` section."""
+    f = config.fedin
+    check(len(f.depths) >= 1 and len(set(f.depths)) == len(f.depths), "fedin.depths", f.depths,
+          f"a non-empty list of distinct depths from {list(FEDIN_DEPTHS)}")
+    for depth in f.depths:
+        choice("fedin.depths", depth, FEDIN_DEPTHS)
+    check(f.mu >= 0 and math.isfinite(f.mu), "fedin.mu", f.mu, "a number >= 0")
+    check(f.feature_batch >= 0, "fedin.feature_batch", f.feature_batch,
+          "an integer >= 0 (0: the largest batch within fedin.max_feature_bytes)")
+    check(f.max_feature_bytes > 0, "fedin.max_feature_bytes", f.max_feature_bytes, "> 0 bytes")
 
 
 def fedin_model(config: Config, data: FederatedData, depth: str) -> ResNet:
@@ -174,6 +215,7 @@ def app_device() -> FedINDevice:
     return FedINDevice(depth_model, train_data, test_data)
 
 
-FEDIN = Method(name="fedin", run=run_fedin, device=app_device, section="fedin")
+FEDIN = Method(name="fedin", run=run_fedin, device=app_device, sections={"fedin": FedINConfig},
+               check=check_fedin)
 HETEROAVG = Method(name="heteroavg", run=partial(run_fedin, exchange_features=False),
-                   device=app_device, section="fedin")
+                   device=app_device, sections={"fedin": FedINConfig}, check=check_fedin)
