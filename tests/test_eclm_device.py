@@ -24,7 +24,7 @@ SHAPE: dict[str, Any] = {"num_classes": 4, "in_channels": 3, "layers": 2, "modul
                          "channels": 4}
 KNOBS: dict[str, Any] = {names.NUM_CLASSES: 4, names.IN_CHANNELS: 3, names.LAYERS: 2,
                          names.MODULES: 3, names.TOP_K: 1, names.CHANNELS: 4,
-                         names.SELECTOR_NORM: True, names.EVAL_BATCH: 16,
+                         names.SELECTOR_NORM: True, names.EVAL_BATCH_SIZE: 16,
                          names.SERVER_ROUND: 3}
 
 
@@ -205,6 +205,13 @@ def test_the_strategy_refuses_initial_arrays_of_another_shape() -> None:
 
     with pytest.raises(ValueError, match="cloud_model"):
         cloud.start(LocalGrid(app, 3), ArrayRecord(other.state_dict()), num_rounds=1)
+
+
+def test_start_refuses_a_train_config_that_overrides_the_constructor() -> None:
+    cloud = strategy([])
+    with pytest.raises(ValueError, match=r"train_config sets \['lr', 'top-k'\]"):
+        cloud.start(LocalGrid(ClientApp(), 3), ArrayRecord(cloud.cloud_model().state_dict()),
+                    train_config=ConfigRecord({"lr": 0.5, names.TOP_K: 2, "extra": 1}))
 
 
 def test_a_cloud_weight_of_one_is_refused() -> None:

@@ -72,12 +72,13 @@ def my_strategy(**knobs: Any) -> FedAgg:
 
 
 def start(strategy: FedAgg, app: Any, rounds: int = 1,
-          run_config: dict[str, Any] | None = None) -> list[RoundReport]:
+          run_config: dict[str, Any] | None = None, **configs: ConfigRecord
+          ) -> list[RoundReport]:
     reports: list[RoundReport] = []
     strategy.on_round = reports.append
     grid = LocalGrid(app, 4, run_config)
     strategy.start(grid, server_side.state_record(strategy.cloud_model), num_rounds=rounds,
-                   timeout=60)
+                   timeout=60, **configs)
     return reports
 
 
@@ -109,6 +110,17 @@ def test_devices_use_the_strategys_knobs_while_the_run_config_says_otherwise(
     assert sorted(s for s in seen if s[0] == "device") == [("device", 5.0, 0.5, 3.0, 0.25)] * 4
     # server passes: 4 edge-from-device, 2 edge-from-cloud, 2 cloud-from-edge, beta 10
     assert sorted(s for s in seen if s[0] == "server") == [("server", 5.0, 10.0, 3.0, 0)] * 8
+
+
+def test_start_refuses_configs_that_override_the_constructor() -> None:
+    strategy = my_strategy(T=5.0)
+    with pytest.raises(ValueError, match=r"train_config sets \['T'\].*FedAgg\(\.\.\.\)"):
+        start(strategy, my_app(), train_config=ConfigRecord({"T": 3.0, "my-knob": 1}))
+    with pytest.raises(ValueError, match=r"evaluate_config sets \['fidelity'\]"):
+        start(strategy, my_app(), evaluate_config=ConfigRecord({names.FIDELITY: True}))
+    # an entry of the constructor's value, or one it does not set, is no clash
+    reports = start(strategy, my_app(), train_config=ConfigRecord({"T": 5.0, "my-knob": 1}))
+    assert reports[0].failures == 0
 
 
 def test_every_device_knob_is_in_the_message(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -175,9 +175,9 @@ def test_start_refuses_configs_that_override_the_constructor(tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"train_config sets \['lr', 'mu'\]"):
         FedIN(model_of, spec, train=SETTINGS).start(
             grid, initial, train_config=ConfigRecord({"lr": 0.1, "mu": 2.0}))
-    with pytest.raises(ValueError, match=r"evaluate_config sets \['batch-size'\]"):
+    with pytest.raises(ValueError, match=r"evaluate_config sets \['eval-batch-size'\]"):
         HierFedIN(model_of, build_topology(config), spec, train=SETTINGS).start(
-            grid, initial, evaluate_config=ConfigRecord({"batch-size": 3}))
+            grid, initial, evaluate_config=ConfigRecord({"eval-batch-size": 3}))
 
 
 # --- the device on its own, without a grid -------------------------------------------------

@@ -117,7 +117,7 @@ class ECLMDevice(Device):
         model = self.submodel(knobs)
         _load(model, _only_record(msg), need_all=False)
         train, _ = self.data_at(context, server_round)
-        usage = module_use(model, train, knobs.get(names.EVAL_BATCH, int)).astype(np.float32)
+        usage = module_use(model, train, knobs.get(names.EVAL_BATCH_SIZE, int)).astype(np.float32)
         metrics: dict[str, Any] = {
             names.NUM_EXAMPLES: len(train),
             names.BUDGET: int(self.budget_fn(context, server_round)),
@@ -131,7 +131,7 @@ class ECLMDevice(Device):
         knobs = Knobs.of(msg)
         server_round = knobs.server_round
         settings = TrainSettings.from_knobs(knobs)
-        batch = knobs.get(names.EVAL_BATCH, int)
+        batch = knobs.get(names.EVAL_BATCH_SIZE, int)
         model = self.submodel(knobs, kept_modules(knobs))
         _load(model, _only_record(msg), need_all=True)
         model.freeze_selector()

@@ -75,7 +75,7 @@ class FedAggDevice(Device):
       ``TrainSettings`` (``lr``, ``momentum``, ``weight-decay``, ``batch-size``, ``augment``,
       ``cutout``, ``seed``) and ``server-round``.
     - ``evaluate.kept``: loss and accuracy of the kept model on the local test data. Knobs:
-      ``batch-size``, ``fidelity``.
+      ``eval-batch-size``, ``fidelity``.
 
     Every knob comes from the message (``FedAgg``'s constructor is its source); the device's
     own parts are its model, its data and its bridge. Codes and decoded samples are computed

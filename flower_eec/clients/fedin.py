@@ -159,7 +159,7 @@ class FedINDevice(Device):
     (``num-examples``, ``train_loss``, ``train_accuracy``, ``qp_steps``, ``qp_loc_binds``,
     ``qp_in_binds``, ``in_loss`` when aligned, ``compute_s``) and, under FedIN, ``features``.
 
-    An ``evaluate.fedin`` message carries ``arrays`` and the knob ``batch-size``; the reply's
+    An ``evaluate.fedin`` message carries ``arrays`` and the knob ``eval-batch-size``; the reply's
     ``metrics`` hold ``loss``, ``accuracy`` and ``num-examples`` on the local test split.
     """
 

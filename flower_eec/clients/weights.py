@@ -32,7 +32,7 @@ class WeightsDevice(Device):
     ``batch-size``, ``local-epochs``, ``augment``, ``cutout``, ``seed`` (``TrainSettings``),
     ``server-round``. Only ``lr`` is required: the others default to ``TrainSettings``'s values,
     so Flower's own strategies (which send ``lr`` at most) drive it too. Evaluate messages need
-    no knob.
+    no knob (``eval-batch-size`` is optional, default 500).
     """
 
     handlers: ClassVar[dict[str, str]] = {names.TRAIN: "train", names.EVALUATE: "evaluate"}

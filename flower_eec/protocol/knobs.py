@@ -5,6 +5,7 @@ The strategy's constructor is the single source of each knob; the device only re
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -14,6 +15,22 @@ from flower_eec.errors import PayloadError
 from flower_eec.protocol import names
 
 T = TypeVar("T", int, float, bool, str)
+
+
+def refuse_clashes(given: Mapping[str, Any] | None, knobs: Mapping[str, Any], what: str,
+                   strategy: str) -> None:
+    """Refuse ``start``'s ``train_config``/``evaluate_config`` (``what``) when it sets one of the
+    knobs that the strategy's constructor sets, to another value: the constructor is their one
+    source. Other entries travel to the devices as given.
+
+    Raises:
+        ValueError: Naming the knobs and the strategy.
+    """
+    clash = sorted(k for k, v in dict(given or {}).items() if k in knobs and v != knobs[k])
+    if clash:
+        raise ValueError(f"{what} sets {clash}, which {strategy}'s constructor sets for its "
+                         f"devices ({ {k: knobs[k] for k in clash} }): pass them to "
+                         f"{strategy}(...) instead")
 
 
 @dataclass(frozen=True)

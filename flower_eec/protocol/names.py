@@ -38,6 +38,7 @@ MODEL = "model"
 HANDLERS = "handlers"  # the message types this ClientApp answers (list of str)
 SERVER_ROUND = "server-round"
 NUM_EXAMPLES = "num-examples"
+EVAL_BATCH_SIZE = "eval-batch-size"  # images per no-grad forward pass (evaluating, routing)
 
 # --- FedIN/HeteroAvg knobs (``config`` record of train.fedin; source: FedIN's constructor) ---
 MU = "mu"  # weight of the IN-alignment gradient in the conflict QP's target
@@ -47,7 +48,6 @@ FEATURE_FP16 = "feature-fp16"  # bool: feature batches travel as float16
 FEATURE_IN_SHAPE = "feature-in-shape"  # per-sample shape of s_in = E(x) (list of int)
 FEATURE_OUT_SHAPE = "feature-out-shape"  # per-sample shape of s_out = IN(s_in) (list of int)
 MAX_FEATURE_BYTES = "max-feature-bytes"  # largest feature record accepted (int)
-EVAL_BATCH_SIZE = "batch-size"  # evaluate messages: images per forward pass
 
 # --- FedAgg/FedEEC knobs (``config`` record of query.embed, train.distil, evaluate.kept;
 # source: FedAgg's constructor) and the query.embed reply's ``config`` record --------------------
@@ -74,7 +74,6 @@ MODULES = "modules"  # modules per layer M of the full model
 TOP_K = "top-k"  # modules each sample runs per layer (1 or 2)
 CHANNELS = "channels"  # channels of the stem and of layer 0
 SELECTOR_NORM = "selector-norm"  # bool: the selector standardises its input
-EVAL_BATCH = "eval-batch-size"  # images per forward pass when routing and evaluating
 # --- ECLM query.route reply metrics ---
 BUDGET = "budget"  # the device's largest sub-model now, in parameters (int)
 DATA_VERSION = "data-version"  # checksum of the device's current training data (int)

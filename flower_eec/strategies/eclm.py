@@ -111,7 +111,8 @@ class ECLM(Hierarchical):
     the model's shape, ``eval_batch_size`` and ``train``. Devices answer with ``ECLMDevice``.
     The initial arrays given to ``start`` are the cloud's modular model (``cloud_model()``,
     e.g. after ``core.eclm_training.offline_stage``). ``train_config`` entries given to ``start``
-    are added to every ``train.adapt`` message (the constructor's knobs take precedence).
+    are added to every ``train.adapt`` message; one that sets a knob of this constructor
+    otherwise is refused (``ValueError``).
 
     Parameters
     ----------
@@ -157,7 +158,7 @@ class ECLM(Hierarchical):
             names.NUM_CLASSES: num_classes, names.IN_CHANNELS: in_channels,
             names.LAYERS: layers, names.MODULES: modules, names.TOP_K: top_k,
             names.CHANNELS: channels, names.SELECTOR_NORM: selector_norm,
-            names.EVAL_BATCH: eval_batch_size}
+            names.EVAL_BATCH_SIZE: eval_batch_size}
         self.train_knobs: dict[str, Any] = dict(train.to_config())
         self.cloud_weight = cloud_weight
         sizes, shared = module_sizes(self.cloud_model())  # also checks the shape
@@ -168,6 +169,11 @@ class ECLM(Hierarchical):
         self.routed: list[int] = []
         self.rederived = 0
         self.sizes: dict[int, int] = {}
+
+    def device_knobs(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The knobs of ``query.route`` and ``train.adapt``, from this constructor (ECLM's
+        devices evaluate inside ``train.adapt``)."""
+        return {**self.model_knobs, **self.train_knobs}, {}
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -293,7 +293,7 @@ class FedAgg(Hierarchical):
         Passed to ``Hierarchical`` (``evaluate_edges``, ``evaluate_every``, ``on_round``, ...).
 
     Entries of ``start``'s ``train_config`` and ``evaluate_config`` go to the devices too;
-    these knobs win over entries of the same name.
+    one that sets a knob of this constructor otherwise is refused (``ValueError``).
     """
 
     def __init__(self, topology: Topology, cloud_model: nn.Module,
@@ -365,6 +365,10 @@ class FedAgg(Hierarchical):
         super().__init__(edge=tier, topology=topology, **kwargs)
         self.bridges = cast(dict[int, BridgeEdge], self.edges)  # the same objects, typed
         self.cloud = self.bridges[CLOUD_DIRECT]
+
+    def device_knobs(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The knobs of ``train.distil`` and ``evaluate.kept``, from this constructor."""
+        return dict(self.distil_config), dict(self.evaluate_config)
 
     @property
     def device_of(self) -> dict[int, int]:  # type: ignore[override]

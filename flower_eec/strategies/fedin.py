@@ -28,7 +28,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flower_eec.errors import PayloadError
 from flower_eec.grid.discovery import place_devices
 from flower_eec.protocol import names
-from flower_eec.protocol.knobs import TrainSettings
+from flower_eec.protocol.knobs import TrainSettings, refuse_clashes
 from flower_eec.protocol.names import ARRAYS, FEATURES
 from flower_eec.protocol.payloads import FeatureSpec
 from flower_eec.protocol.replies import metric_problem, require_handler
@@ -76,19 +76,6 @@ def check_answered(answered: set[str], replies: list[Message]) -> None:
     if replies and replies[0].metadata.message_type not in answered:
         require_handler(replies, REGISTER)
         answered.add(replies[0].metadata.message_type)
-
-
-def check_config(config: ConfigRecord | None, knobs: Mapping[str, Any], what: str) -> None:
-    """Refuse a ``train_config``/``evaluate_config`` that sets a knob the constructor sets.
-
-    Raises:
-        ValueError: Naming the knob: the constructor is its only source.
-    """
-    given = dict(config or {})
-    clash = sorted(k for k, v in given.items() if k in knobs and v != knobs[k])
-    if clash:
-        raise ValueError(f"{what} sets {clash}, which FedIN's constructor sets (train=..., "
-                         "mu=..., features=..., evaluate_batch_size=...): set them there only")
 
 
 class FedIN(Strategy):
@@ -171,8 +158,9 @@ class FedIN(Strategy):
             ValueError: ``train_config``/``evaluate_config`` set a knob this constructor sets.
             ProtocolError: No device answers FedIN's messages (see ``FedINDevice``).
         """
-        check_config(train_config, self.train_knobs, "train_config")
-        check_config(evaluate_config, self.evaluate_knobs, "evaluate_config")
+        refuse_clashes(train_config, self.train_knobs, "train_config", type(self).__name__)
+        refuse_clashes(evaluate_config, self.evaluate_knobs, "evaluate_config",
+                       type(self).__name__)
         if not self.device_of:
             self.place(grid, timeout)
         return super().start(grid, initial_arrays, num_rounds, timeout, train_config,
@@ -371,22 +359,10 @@ class HierFedIN(Hierarchical):
         self.edges: dict[int, FedIN]  # type: ignore[assignment]
         self.answered: set[str] = set()
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
-              timeout: float = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
-              ) -> Result:
-        """``Hierarchical.start``, after refusing configs that would override FedIN's knobs.
-
-        Raises:
-            ValueError: ``train_config``/``evaluate_config`` set a knob the constructor sets.
-            ProtocolError: No device answers FedIN's messages (see ``FedINDevice``).
-        """
-        check_config(train_config, self.edges[CLOUD_DIRECT].train_knobs, "train_config")
-        check_config(evaluate_config, self.edges[CLOUD_DIRECT].evaluate_knobs,
-                     "evaluate_config")
-        return super().start(grid, initial_arrays, num_rounds, timeout, train_config,
-                             evaluate_config, evaluate_fn)
+    def device_knobs(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """FedIN's knobs, as every edge's ``FedIN`` sends them."""
+        tier = self.edges[CLOUD_DIRECT]
+        return dict(tier.train_knobs), dict(tier.evaluate_knobs)
 
     def split_replies(self, replies: Iterable[Message], group_of: dict[int, int],
                       report: RoundReport, check: Callable[[Message, int], str | None]

@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flower_eec.grid.discovery import place_devices
 from flower_eec.grid.edge import EdgeGrid
 from flower_eec.grid.metered import message_bytes
+from flower_eec.protocol.knobs import refuse_clashes
 from flower_eec.protocol.replies import common_metrics, metric_problem, train_reply_problem
 from flower_eec.strategies.aggregation import (
     count,
@@ -414,6 +415,12 @@ class Hierarchical(Strategy):
 
     # --- the loop -------------------------------------------------------------------------
 
+    def device_knobs(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The knobs this strategy's constructor sets for its devices' train and evaluate
+        messages; ``start`` refuses configs that set them otherwise. None here: the edge
+        strategies' devices take ``train_config`` as Flower's strategies pass it."""
+        return {}, {}
+
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,
               evaluate_config: ConfigRecord | None = None,
@@ -422,8 +429,16 @@ class Hierarchical(Strategy):
 
         As in Flower, ``evaluate_fn`` is called with round 0 and the initial arrays before
         round 1 (its result is ``Result.evaluate_metrics_serverapp[0]``; ``on_round`` is not
-        called for it), then after every evaluated cloud round.
+        called for it), then after every evaluated cloud round. ``train_config`` and
+        ``evaluate_config`` entries travel to the devices.
+
+        Raises:
+            ValueError: ``train_config``/``evaluate_config`` set one of ``device_knobs()`` to
+                another value.
         """
+        train_knobs, evaluate_knobs = self.device_knobs()
+        refuse_clashes(train_config, train_knobs, "train_config", type(self).__name__)
+        refuse_clashes(evaluate_config, evaluate_knobs, "evaluate_config", type(self).__name__)
         log(INFO, "Starting %s strategy:", type(self).__name__)
         log(INFO, "\t├── Number of rounds: %d", num_rounds)
         log(INFO, "\t├── ConfigRecord (train): %s", dict(train_config or {}))
