@@ -1,0 +1,1 @@
+"""A Flower app whose own small CNNs learn its own synthetic images with flower-eec's FedAgg."""
