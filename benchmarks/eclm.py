@@ -60,8 +60,9 @@ from flower_eec.run.federated import federated_data  # noqa: E402
 from flower_eec.run.methods.eclm import budget_of  # noqa: E402
 from flower_eec.run.shift import current_data  # noqa: E402
 
-QUICK = {"topology": {"num_devices": 4}, "data": {"subset": 0.02}, "train": {"rounds": 2},
-         "eclm": {"offline_epochs": 1, "shift_every": 1, "budget_every": 1}}
+QUICK: dict[str, Any] = {"topology": {"num_devices": 4}, "data": {"subset": 0.02},
+                         "train": {"rounds": 2},
+                         "eclm": {"offline_epochs": 1, "shift_every": 1, "budget_every": 1}}
 
 
 def build_config(data_root: str, quick: bool, out: str) -> Config:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -264,7 +265,7 @@ def _child_ray(num_actors: int) -> dict[str, Any]:
     import ray
 
     started = time.perf_counter()
-    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
     init_s = time.perf_counter() - started
 

@@ -31,7 +31,7 @@ def test_standard_client_app_under_hierfedavg(existing_app) -> None:  # type: ig
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                       run_config=run_config)
 
-    result = server_app.main(grid, context)
+    result = server_app.run_hierfavg(grid, context)
 
     assert sorted(result.train_metrics_clientapp) == [1, 2, 3]
     assert sorted(result.evaluate_metrics_clientapp) == [1, 2, 3]

@@ -72,13 +72,13 @@ def my_strategy(**knobs: Any) -> FedAgg:
 
 
 def start(strategy: FedAgg, app: Any, rounds: int = 1,
-          run_config: dict[str, Any] | None = None, **configs: ConfigRecord
-          ) -> list[RoundReport]:
+          run_config: dict[str, Any] | None = None, train_config: ConfigRecord | None = None,
+          evaluate_config: ConfigRecord | None = None) -> list[RoundReport]:
     reports: list[RoundReport] = []
     strategy.on_round = reports.append
     grid = LocalGrid(app, 4, run_config)
     strategy.start(grid, server_side.state_record(strategy.cloud_model), num_rounds=rounds,
-                   timeout=60, **configs)
+                   timeout=60, train_config=train_config, evaluate_config=evaluate_config)
     return reports
 
 

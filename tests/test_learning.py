@@ -64,16 +64,17 @@ def test_reported_loss_extras_and_gradients_set_by_the_objective() -> None:
 
 
 def test_only_the_given_parameters_move() -> None:
-    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False))
+    first, second = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
+    model = nn.Sequential(first, second)
     with torch.no_grad():
-        model[0].weight.fill_(1.0)
-        model[1].weight.fill_(1.0)
+        first.weight.fill_(1.0)
+        second.weight.fill_(1.0)
 
     def objective(_: int) -> Step:
         out = model(torch.ones(1, 1))
         return Step(((out - 3) ** 2).mean(), torch.cat([-out, out], 1),
                     torch.ones(1, dtype=torch.long))
 
-    sgd(model, range(1), objective, lr=0.1, momentum=0.0, params=[model[1].weight])
-    assert float(model[0].weight) == 1.0
-    assert float(model[1].weight) == pytest.approx(1.0 + 0.1 * 4)  # dloss/dw1 = 2 (1 - 3) w0
+    sgd(model, range(1), objective, lr=0.1, momentum=0.0, params=[second.weight])
+    assert float(first.weight) == 1.0
+    assert float(second.weight) == pytest.approx(1.0 + 0.1 * 4)  # dloss/dw1 = 2 (1 - 3) w0

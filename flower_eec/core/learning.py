@@ -98,7 +98,7 @@ class PassStats:
 
 def sgd(model: nn.Module, batches: Iterable[Any], objective: Callable[[Any], Step], *, lr: float,
         momentum: float = 0.9, weight_decay: float = 0.0, clip: float = 0.0,
-        params: Sequence[nn.Parameter] | None = None) -> PassStats:
+        params: Sequence[torch.Tensor] | None = None) -> PassStats:
     """The one SGD loop: a fresh optimiser, then per batch ``objective(batch)``, its backward
     pass, optional clipping and a step. Every training pass of the project runs through it.
 

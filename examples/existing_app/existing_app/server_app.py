@@ -12,8 +12,13 @@ app = ServerApp()
 
 
 @app.main()
-def main(grid: Grid, context: Context) -> Result:
-    """HierFAVG over ``num-devices`` SuperNodes split into ``num-edges`` edges."""
+def main(grid: Grid, context: Context) -> None:
+    run_hierfavg(grid, context)
+
+
+def run_hierfavg(grid: Grid, context: Context) -> Result:
+    """HierFAVG over ``num-devices`` SuperNodes split into ``num-edges`` edges; returns Flower's
+    ``Result``."""
     strategy = HierFedAvg(topology=Topology(num_devices=int(context.run_config["num-devices"]),
                                             num_edges=int(context.run_config["num-edges"])),
                           edge_rounds=int(context.run_config["edge-rounds"]))
