@@ -1,12 +1,19 @@
 """Train FedAgg's bridge autoencoder (Wu et al., INFOCOM 2024, arXiv 2312.11489) on held-out data.
 
-Reproduces flower_eec/models/weights/bridge_cifar10.json from CIFAR-10's held-out public slice.
+With its defaults it reproduces flower_eec/models/weights/bridge_cifar10.json from CIFAR-10's
+held-out public slice. ``--dataset`` trains one for another dataset the project reads (read from
+``--data-root`` by the loader the runs use, as ``data.root``), e.g. for 1-channel Fashion-MNIST,
+which the shipped 3-channel bridge cannot encode; run with ``fedagg.bridge_weights`` set to the
+file it writes.
 
 The slice is ``holdout_split(train labels, fraction)`` with the fixed ``HOLDOUT_SEED``: no run that
-reserves at least that fraction gives a device an image the bridge saw. Validation uses a part of
-the same slice; the test set and the private training data are never read.
+reserves at least that fraction (``data.holdout``) gives a device an image the bridge saw. It is
+stratified by label, so for CIFAR-100 it depends on ``--cifar100-labels`` (the run's
+``data.cifar100_labels``). Validation uses a part of the same slice; the test set and the private
+training data are never read.
 
     python scripts/train_bridge.py --data-root ../shared/data
+    python scripts/train_bridge.py --dataset fashion_mnist --data-root $DATA --out bridge_fm.json
 """
 
 from __future__ import annotations
@@ -22,20 +29,29 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from flower_eec.data import DATA_ENV, load_dataset
+from flower_eec.data import DATA_ENV, DATASETS, load_dataset
 from flower_eec.data.partition import HOLDOUT_SEED, holdout_split
 from flower_eec.models import count_parameters
 from flower_eec.models.bridge import DEFAULT_WEIGHTS, BridgeAutoencoder
 from flower_eec.models.weights_io import save_state_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Every dataset read from files (synthetic data is made per run from its seed: nothing to hold out).
+BRIDGE_DATASETS = tuple(name for name in DATASETS if name != "synthetic")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every default is the one the shipped weights were made with."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", default="", help=f"CIFAR-10 folder (else ${DATA_ENV}, "
-                        "else ../shared/data next to the project)")
+    parser.add_argument("--dataset", default="cifar10", choices=BRIDGE_DATASETS,
+                        help="the dataset whose held-out slice trains the bridge (default cifar10)")
+    parser.add_argument("--cifar100-labels", default="coarse", choices=("coarse", "fine"),
+                        help="CIFAR-100 only: the labels the held-out slice is stratified by, "
+                        "the run's data.cifar100_labels (default coarse)")
+    parser.add_argument("--data-root", default="", help=f"the dataset's folder or a parent, as "
+                        f"data.root (else ${DATA_ENV}, else ../shared/data next to the project)")
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="check the files' md5s or image counts, as data.verify (default on)")
     parser.add_argument("--fraction", type=float, default=0.1,
                         help="held-out public share of the training set (default 0.1)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
@@ -45,8 +61,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0, help="init, batch order, val split")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
-    return parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="weights JSON to write (default: the shipped "
+                        "flower_eec/models/weights/bridge_cifar10.json for cifar10, else "
+                        "bridge_<dataset>.json in the current folder)")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = DEFAULT_WEIGHTS if args.dataset == "cifar10" else Path(
+            f"bridge_{dataset_tag(args)}.json")
+    return args
+
+
+def dataset_tag(args: argparse.Namespace) -> str:
+    """The dataset, with CIFAR-100's label choice: ``cifar100_fine``."""
+    return f"cifar100_{args.cifar100_labels}" if args.dataset == "cifar100" else args.dataset
+
+
+def provenance(args: argparse.Namespace) -> str:
+    """``meta["dataset"]``: the dataset's name up to the first space (what a run compares with
+    ``data.dataset``, with ``holdout_fraction`` and ``cifar100_labels``), then a note."""
+    if args.dataset == "cifar10":
+        return "cifar10 (official binary release), training split"
+    if args.dataset == "cifar100":
+        return f"cifar100 ({args.cifar100_labels} labels), training split"
+    return f"{args.dataset} (official files), training split"
 
 
 def data_root(given: str) -> Path:
@@ -81,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     root = data_root(args.data_root)
-    dataset = load_dataset("cifar10", root)
+    options = {"labels": args.cifar100_labels} if args.dataset == "cifar100" else {}
+    dataset = load_dataset(args.dataset, root, verify=args.verify, **options)
     public, _ = holdout_split(dataset.y_train, args.fraction)
     order = np.random.default_rng(args.seed).permutation(public)
     num_val = int(round(args.val_fraction * len(order)))
@@ -115,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         "in_channels": dataset.in_channels,
         "input": "float images in [0, 1] (uint8 / 255), not mean/std-normalised",
         "parameters": count_parameters(bridge),
-        "dataset": "cifar10 (official binary release), training split",
+        "dataset": provenance(args),
+        **({"cifar100_labels": args.cifar100_labels} if args.dataset == "cifar100" else {}),
+        "image_shape": list(dataset.x_train.shape[1:]),
         "holdout_fraction": args.fraction,
         "holdout_seed": HOLDOUT_SEED,
         "num_train": len(train_idx),
@@ -134,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = save_state_json(args.out, bridge.state_dict(), meta)
     print(f"wrote {path} ({path.stat().st_size} bytes) in {seconds:.0f} s of training")
+    if path.resolve() != DEFAULT_WEIGHTS.resolve():
+        labels = (f" data.cifar100_labels={args.cifar100_labels}"
+                  if args.dataset == "cifar100" else "")
+        print(f"run with: data.dataset={args.dataset}{labels} "
+              f"fedagg.bridge_weights={path.resolve()} data.holdout={args.fraction:g} (or more)")
     return 0
 
 

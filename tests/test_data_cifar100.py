@@ -16,6 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from datasets_helpers import (
+    CIFAR100Split,
+    cifar100_splits,
+    write_cifar100_binary,
+    write_cifar100_python,
+)
 
 from flower_eec.app.client_app import app
 from flower_eec.data import checksums, dataset_options, load_dataset
@@ -26,48 +32,11 @@ from flower_eec.run import experiment
 from flower_eec.run.config import resolve, to_json
 from flower_eec.run.federated import federated_data
 
-Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # images (N, 3, 32, 32), coarse, fine
-
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep md5 cache writes out of the user's home."""
     monkeypatch.setenv(checksums.CACHE_ENV, str(tmp_path / "cache"))
-
-
-def fake_splits(train: int = 30, test: int = 12) -> dict[str, Split]:
-    rng = np.random.default_rng(4)
-    splits = {}
-    for name, count in (("train", train), ("test", test)):
-        fine = rng.integers(0, 100, count).astype(np.int64)
-        images = rng.integers(0, 256, (count, 3, 32, 32), dtype=np.uint8)
-        splits[name] = (images, fine // 5, fine)
-    return splits
-
-
-def write_binary(folder: Path, splits: dict[str, Split]) -> Path:
-    folder.mkdir(parents=True)
-    for name, (images, coarse, fine) in splits.items():
-        labels = np.stack([coarse, fine], axis=1).astype(np.uint8)
-        records = np.concatenate([labels, images.reshape(len(images), -1)], axis=1)
-        (folder / f"{name}.bin").write_bytes(records.tobytes())
-    (folder / "coarse_label_names.txt").write_text("\n".join(COARSE_CLASSES))
-    return folder
-
-
-def write_python(folder: Path, splits: dict[str, Split]) -> Path:
-    folder.mkdir(parents=True)
-    for name, (images, coarse, fine) in splits.items():
-        batch = {
-            b"filenames": [f"{i}.png".encode() for i in range(len(images))],
-            b"batch_label": name.encode(),
-            b"fine_labels": fine.tolist(),
-            b"coarse_labels": coarse.tolist(),
-            b"data": images.reshape(len(images), -1),
-        }
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": list(FINE_CLASSES)}))
-    return folder
 
 
 def tarball(source: Path, path: Path) -> Path:
@@ -77,7 +46,7 @@ def tarball(source: Path, path: Path) -> Path:
     return path
 
 
-def assert_matches(data: Any, splits: dict[str, Split], labels: str = "coarse") -> None:
+def assert_matches(data: Any, splits: dict[str, CIFAR100Split], labels: str = "coarse") -> None:
     pick = 1 if labels == "coarse" else 2
     np.testing.assert_array_equal(data.x_train, splits["train"][0])
     np.testing.assert_array_equal(data.y_train, splits["train"][pick])
@@ -87,11 +56,11 @@ def assert_matches(data: Any, splits: dict[str, Split], labels: str = "coarse") 
 
 @pytest.mark.parametrize("version", ["binary", "python"])
 def test_both_versions_give_coarse_and_fine_labels(tmp_path: Path, version: str) -> None:
-    splits = fake_splits()
+    splits = cifar100_splits()
     if version == "binary":
-        write_binary(tmp_path / "cifar-100-binary", splits)
+        write_cifar100_binary(tmp_path / "cifar-100-binary", splits)
     else:
-        write_python(tmp_path / "cifar-100-python", splits)
+        write_cifar100_python(tmp_path / "cifar-100-python", splits)
     coarse = load_cifar100(tmp_path, verify=False)
     assert_matches(coarse, splits, "coarse")
     assert (coarse.num_classes, coarse.classes) == (20, COARSE_CLASSES)
@@ -111,7 +80,7 @@ def test_class_names_are_the_releases() -> None:
 
 
 def test_class_names_must_fit_the_label_choice(tmp_path: Path) -> None:
-    write_binary(tmp_path / "cifar-100-binary", fake_splits())
+    write_cifar100_binary(tmp_path / "cifar-100-binary", cifar100_splits())
     coarse = load_cifar100(tmp_path, verify=False)
     with pytest.raises(DataError, match="100 class names for 20 classes"):
         dataclasses.replace(coarse, classes=FINE_CLASSES)
@@ -133,8 +102,8 @@ def test_binary_pixels_are_planes_after_two_label_bytes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version", ["binary", "python"])
 def test_tarballs_are_read_without_extracting(tmp_path: Path, version: str) -> None:
-    splits = fake_splits()
-    write = write_binary if version == "binary" else write_python
+    splits = cifar100_splits()
+    write = write_cifar100_binary if version == "binary" else write_cifar100_python
     source = write(tmp_path / "src" / f"cifar-100-{version}", splits)
     tar_path = tarball(source, tmp_path / "data" / f"cifar-100-{version}.tar.gz")
     assert_matches(load_cifar100(tar_path, verify=False, labels="fine"), splits, "fine")
@@ -143,14 +112,14 @@ def test_tarballs_are_read_without_extracting(tmp_path: Path, version: str) -> N
 
 
 def test_cifar100_subfolder_of_a_shared_root(tmp_path: Path) -> None:
-    splits = fake_splits()
-    write_binary(tmp_path / "cifar100" / "cifar-100-binary", splits)
+    splits = cifar100_splits()
+    write_cifar100_binary(tmp_path / "cifar100" / "cifar-100-binary", splits)
     assert_matches(load_cifar100(tmp_path, verify=False), splits)
 
 
 def test_load_dataset_passes_the_label_choice(tmp_path: Path) -> None:
-    splits = fake_splits()
-    write_python(tmp_path / "cifar-100-python", splits)
+    splits = cifar100_splits()
+    write_cifar100_python(tmp_path / "cifar-100-python", splits)
     assert load_dataset("cifar100", tmp_path, verify=False).num_classes == 20
     assert load_dataset("CIFAR100", tmp_path, verify=False, labels="fine").num_classes == 100
     assert dataset_options("cifar100") == ("labels",)
@@ -159,7 +128,7 @@ def test_load_dataset_passes_the_label_choice(tmp_path: Path) -> None:
 
 
 def test_python_version_md5s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = write_python(tmp_path / "cifar-100-python", fake_splits())
+    folder = write_cifar100_python(tmp_path / "cifar-100-python", cifar100_splits())
     with pytest.raises(DataError) as err:
         load_cifar100(tmp_path, verify=True)
     message = str(err.value)
@@ -171,7 +140,7 @@ def test_python_version_md5s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_binary_tarball_is_checked_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = write_binary(tmp_path / "src" / "cifar-100-binary", fake_splits())
+    source = write_cifar100_binary(tmp_path / "src" / "cifar-100-binary", cifar100_splits())
     tar_path = tarball(source, tmp_path / "cifar-100-binary.tar.gz")
     with pytest.raises(DataError, match="03b5dce01913d631647c71ecec9e9cb8") as err:
         load_cifar100(tar_path, verify=True)
@@ -183,7 +152,7 @@ def test_binary_tarball_is_checked_whole(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_extracted_binary_files_are_checked_by_count(tmp_path: Path) -> None:
-    write_binary(tmp_path / "cifar-100-binary", fake_splits())
+    write_cifar100_binary(tmp_path / "cifar-100-binary", cifar100_splits())
     with pytest.raises(DataError, match=r"train\.bin: 30 images, but the official release has "
                                         r"50,000.*cs\.toronto\.edu.*verify=False"):
         load_cifar100(tmp_path, verify=True)
@@ -201,14 +170,14 @@ def test_missing_root_missing_file_and_nothing_found(tmp_path: Path) -> None:
         load_cifar100(tmp_path / "nowhere")
     with pytest.raises(DataError, match=r"cifar-100-binary\.tar\.gz.*cs\.toronto\.edu"):
         load_cifar100(tmp_path)
-    folder = write_binary(tmp_path / "cifar-100-binary", fake_splits())
+    folder = write_cifar100_binary(tmp_path / "cifar-100-binary", cifar100_splits())
     (folder / "test.bin").unlink()
     with pytest.raises(DataError, match=r"test\.bin: missing CIFAR-100 file.*cs\.toronto\.edu"):
         load_cifar100(tmp_path, verify=False)
 
 
 def test_truncated_binary_file(tmp_path: Path) -> None:
-    folder = write_binary(tmp_path / "cifar-100-binary", fake_splits())
+    folder = write_cifar100_binary(tmp_path / "cifar-100-binary", cifar100_splits())
     path = folder / "train.bin"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(DataError, match=r"train\.bin: truncated or not a CIFAR-100 binary.*3074"):
@@ -216,7 +185,7 @@ def test_truncated_binary_file(tmp_path: Path) -> None:
 
 
 def test_tarball_missing_member_and_truncated_tarball(tmp_path: Path) -> None:
-    source = write_python(tmp_path / "src" / "cifar-100-python", fake_splits())
+    source = write_cifar100_python(tmp_path / "src" / "cifar-100-python", cifar100_splits())
     (source / "test").unlink()
     tar_path = tarball(source, tmp_path / "cifar-100-python.tar.gz")
     with pytest.raises(DataError, match=r"lacks CIFAR-100 member\(s\) test"):
@@ -227,23 +196,23 @@ def test_tarball_missing_member_and_truncated_tarball(tmp_path: Path) -> None:
 
 
 def test_bad_labels_are_refused(tmp_path: Path) -> None:
-    splits = fake_splits()
+    splits = cifar100_splits()
     images, coarse, fine = splits["test"]
     splits["test"] = (images, coarse, np.where(np.arange(len(fine)) == 3, 100, fine))
-    write_binary(tmp_path / "a" / "cifar-100-binary", splits)
+    write_cifar100_binary(tmp_path / "a" / "cifar-100-binary", splits)
     with pytest.raises(DataError, match=r"test\.bin: fine labels must be 0-99"):
         load_cifar100(tmp_path / "a", verify=False)
-    splits = fake_splits()
+    splits = cifar100_splits()
     _, coarse, fine = splits["train"]
     fine[:2] = 7
     coarse[:2] = (1, 2)  # one fine class filed under two superclasses
-    write_python(tmp_path / "b" / "cifar-100-python", splits)
+    write_cifar100_python(tmp_path / "b" / "cifar-100-python", splits)
     with pytest.raises(DataError, match="fine class 7 appears under several coarse classes"):
         load_cifar100(tmp_path / "b", verify=False)
 
 
 def test_pickle_with_foreign_globals_is_refused_not_run(tmp_path: Path) -> None:
-    folder = write_python(tmp_path / "cifar-100-python", fake_splits())
+    folder = write_cifar100_python(tmp_path / "cifar-100-python", cifar100_splits())
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -265,8 +234,8 @@ def test_config_accepts_coarse_or_fine_only() -> None:
 
 
 def test_a_federated_run_on_cifar100_coarse(tmp_path: Path) -> None:
-    splits = fake_splits(train=80, test=40)
-    write_binary(tmp_path / "data" / "cifar-100-binary", splits)
+    splits = cifar100_splits(train=80, test=40)
+    write_cifar100_binary(tmp_path / "data" / "cifar-100-binary", splits)
     config = resolve(None, {
         "method": "hierfavg", "profile": "smoke", "out": str(tmp_path / "out"),
         "data": {"dataset": "cifar100", "root": str(tmp_path / "data"), "verify": False,
@@ -285,8 +254,8 @@ def test_a_federated_run_on_cifar100_coarse(tmp_path: Path) -> None:
 
 
 def test_a_federated_run_on_cifar100_fine(tmp_path: Path) -> None:
-    splits = fake_splits(train=80, test=40)
-    write_python(tmp_path / "data" / "cifar-100-python", splits)
+    splits = cifar100_splits(train=80, test=40)
+    write_cifar100_python(tmp_path / "data" / "cifar-100-python", splits)
     config = resolve(None, {
         "method": "hierfavg", "profile": "smoke", "out": str(tmp_path / "out"),
         "data": {"dataset": "cifar100", "cifar100_labels": "fine", "verify": False,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets_helpers import write_cinic
 from PIL import Image
 
 from flower_eec.app.client_app import app
@@ -21,33 +22,11 @@ from flower_eec.run import experiment
 from flower_eec.run.config import resolve, to_json
 from flower_eec.run.federated import federated_data
 
-# split -> (images (N, 3, 32, 32) in class-then-name order, labels)
-Written = dict[str, tuple[np.ndarray, np.ndarray]]
-
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep md5 cache writes out of the user's home."""
     monkeypatch.setenv(checksums.CACHE_ENV, str(tmp_path / "cache"))
-
-
-def write_cinic(folder: Path, per_class: dict[str, int] | None = None, seed: int = 7) -> Written:
-    """Write `per_class[split]` random RGB PNGs per class and split, named as the release's."""
-    counts = per_class or {"train": 2, "valid": 1, "test": 1}
-    rng = np.random.default_rng(seed)
-    written: Written = {}
-    for split, count in counts.items():
-        images, labels = [], []
-        for label, name in enumerate(CLASSES):
-            class_dir = folder / split / name
-            class_dir.mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(class_dir / f"n0{label}_{i:03d}.png")
-                images.append(pixels.transpose(2, 0, 1))
-                labels.append(label)
-        written[split] = (np.stack(images), np.array(labels, dtype=np.int64))
-    return written
 
 
 def tarball(folder: Path, path: Path, prefix: str) -> Path:

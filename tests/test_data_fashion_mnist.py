@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets_helpers import FASHION_MNIST_FILES, idx_bytes, write_fashion
 
 from flower_eec.app.client_app import app
 from flower_eec.data import checksums, load_dataset
@@ -19,41 +20,11 @@ from flower_eec.run import experiment
 from flower_eec.run.config import resolve, to_json
 from flower_eec.run.federated import federated_data
 
-NAMES = (
-    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-)
-
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep md5 cache writes out of the user's home."""
     monkeypatch.setenv(checksums.CACHE_ENV, str(tmp_path / "cache"))
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file: 00 00, dtype 0x08 (uint8), ndim, big-endian dims, then the data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, ">u4").tobytes()
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_fashion(
-    folder: Path, gz: bool = True, train: int = 12, test: int = 10, seed: int = 5
-) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    arrays = dict(zip(NAMES, (
-        rng.integers(0, 256, (train, 28, 28), dtype=np.uint8),
-        np.arange(train, dtype=np.uint8) % 10,
-        rng.integers(0, 256, (test, 28, 28), dtype=np.uint8),
-        (np.arange(test, dtype=np.uint8) * 3) % 10,
-    ), strict=True))
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, array in arrays.items():
-        if gz:
-            (folder / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(array)))
-        else:
-            (folder / name).write_bytes(idx_bytes(array))
-    return arrays
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -94,7 +65,7 @@ def test_gz_md5_mismatch_names_file_and_address(
     assert "train-images-idx3-ubyte.gz: md5 mismatch" in message
     assert "8d4fb7e6c68d591d4c3dfef9ec88bf0d" in message
     assert "github.com/zalandoresearch/fashion-mnist" in message and "verify=False" in message
-    for name in NAMES:
+    for name in FASHION_MNIST_FILES:
         gz = f"{name}.gz"
         monkeypatch.setitem(checksums.FASHION_MNIST_GZ_MD5, gz, checksums.md5_file(tmp_path / gz))
     assert len(load_fashion_mnist(tmp_path, verify=True).y_train) == 12

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets_helpers import idx_bytes
 
 from flower_eec.data import Dataset, checksums, load_dataset, make_synthetic
 from flower_eec.data.cifar10 import load_cifar10
@@ -262,11 +263,6 @@ def test_tarball_missing_member_and_truncated_tarball(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- fake MNIST formats
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, ">u4").tobytes()
-    return header + array.astype(np.uint8).tobytes()
 
 
 def write_mnist(folder: Path, compress: dict[str, bool]) -> dict[str, np.ndarray]:

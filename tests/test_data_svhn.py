@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.io as scipy_io
+from datasets_helpers import write_svhn
 
 from flower_eec.app.client_app import app
 from flower_eec.data import checksums, dataset_options, load_dataset
@@ -28,24 +29,6 @@ from flower_eec.run.federated import federated_data
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep md5 cache writes out of the user's home."""
     monkeypatch.setenv(checksums.CACHE_ENV, str(tmp_path / "cache"))
-
-
-def write_mat(path: Path, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Write one official-layout .mat file; return its X (32, 32, 3, N) and y (N, 1)."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (32, 32, 3, count), dtype=np.uint8)
-    y = (np.arange(count) % 10 + 1).astype(np.uint8)[:, None]  # 1..10, every digit
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scipy_io.savemat(path, {"X": x, "y": y})
-    return x, y
-
-
-def write_svhn(folder: Path, train: int = 40, test: int = 20, extra: int = 0) -> dict:
-    files = {"train_32x32.mat": write_mat(folder / "train_32x32.mat", train, 1)}
-    files["test_32x32.mat"] = write_mat(folder / "test_32x32.mat", test, 2)
-    if extra:
-        files["extra_32x32.mat"] = write_mat(folder / "extra_32x32.mat", extra, 3)
-    return files
 
 
 def test_images_are_transposed_and_ten_means_zero(tmp_path: Path) -> None:

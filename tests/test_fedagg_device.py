@@ -123,6 +123,17 @@ def test_start_refuses_configs_that_override_the_constructor() -> None:
     assert reports[0].failures == 0
 
 
+def test_train_metrics_are_the_devices_with_the_tiers_passes_beside_them() -> None:
+    strategy = my_strategy()
+    result = strategy.start(LocalGrid(my_app(), 4), server_side.state_record(strategy.cloud_model),
+                            num_rounds=1, timeout=60)
+    metrics = dict(result.train_metrics_clientapp[1])
+    assert {"distil_loss", "bridge_accuracy", "compute_s", "num-examples", "edge_distil_loss",
+            "edge_bridge_accuracy"} <= set(metrics)  # compute_s: only devices report it
+    assert metrics["num-examples"] == sum(len(my_images(d, 24)) for d in range(4))
+    assert metrics["distil_loss"] != metrics["edge_distil_loss"]
+
+
 def test_every_device_knob_is_in_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
     settings_seen: list[Any] = []
     distil_pass = device_side.distil_pass

@@ -177,7 +177,11 @@ class BridgeEdge(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Distil from each device's logits (checked by ``FedAgg.reply_problem``) in turn."""
+        """Distil from each device's logits (checked by ``FedAgg.reply_problem``) in turn.
+
+        Returns this tier's model and, as Flower's strategies do, the devices' own metrics
+        (example-weighted), with this tier's passes as ``edge_distil_loss`` and
+        ``edge_bridge_accuracy`` (mean over the passes)."""
         replies = sorted(replies, key=lambda r: self.device_of[r.metadata.src_node_id])
         if not replies:
             return None, None
@@ -188,9 +192,9 @@ class BridgeEdge(Strategy):
             teacher = torch.from_numpy(payload.logits)
             passes.append(MetricRecord(dict[str, Any](
                 self.learn([device], teacher, server_round * 100_003 + device))))
-        metrics = mean_records(passes, [1.0] * len(passes))
-        merged = mean_metrics(replies)
-        metrics[names.NUM_EXAMPLES] = merged[names.NUM_EXAMPLES] if merged else 0
+        metrics = mean_metrics(replies) or MetricRecord({names.NUM_EXAMPLES: 0})
+        for key, value in mean_records(passes, [1.0] * len(passes)).items():
+            metrics[f"edge_{key}"] = value
         return state_record(self.model), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -3,6 +3,7 @@ app's device."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -109,7 +110,8 @@ def _validate_bridge(config: Config) -> None:
             f"bridge on a held-out slice of it: python scripts/train_bridge.py --dataset "
             f"{d.dataset} --data-root PATH --out FILE, then run with "
             "fedagg.bridge_weights=FILE and data.holdout=0.1 (the script's --fraction)")
-    trained_on = str(meta.get("dataset", "")).split(" ")[0]
+    name = re.match(r"[a-z0-9_]+", str(meta.get("dataset", "")).strip().lower())
+    trained_on = name.group(0) if name else ""
     fraction = meta.get("holdout_fraction")
     if trained_on != d.dataset or not isinstance(fraction, (int, float)):
         return
