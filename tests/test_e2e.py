@@ -3,44 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from engine_helpers import FLWR, flower_env, stop_processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
-
-
-def _flower_env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    # flwr starts `flower-superlink` by name: the interpreter's scripts folder must be on PATH
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0",
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-    return env
-
-
-def _stop_processes_mentioning(marker: str) -> list[int]:
-    """Stop every process whose command line names ``marker`` (the SuperLink this test started)."""
-    stopped = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline and int(proc.name) != os.getpid():
-            try:
-                os.kill(int(proc.name), signal.SIGTERM)
-                stopped.append(int(proc.name))
-            except ProcessLookupError:
-                pass
-    return stopped
 
 
 def _check_results(out: Path, rounds: int) -> dict:
@@ -58,15 +29,15 @@ def flwr_run(tmp_path: Path, method: str, overrides: str = "") -> dict:
     """`flwr run .` of ``method``'s smoke profile on 4 SuperNodes, offline; the SuperLink it
     starts is stopped after. Returns results.json."""
     home, out = tmp_path / "flwr-home", tmp_path / "out"
-    command = [str(Path(sys.executable).parent / "flwr"), "run", ".", "--stream",
+    command = [FLWR, "run", ".", "--stream",
                "--federation-config", "num-supernodes=4",
                "--run-config", f"profile='smoke' method='{method}' out='{out}' "
                                f"overrides='{overrides}'"]
     try:
-        done = subprocess.run(command, cwd=ROOT, env=_flower_env(home), capture_output=True,
+        done = subprocess.run(command, cwd=ROOT, env=flower_env(home), capture_output=True,
                               text=True, timeout=600)
     finally:
-        stopped = _stop_processes_mentioning(str(home))
+        stopped = stop_processes_mentioning(str(home))
     assert stopped, "flwr run should have started a SuperLink under this test's FLWR_HOME"
     assert (out / "results.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
@@ -95,7 +66,7 @@ def test_cli_run_fedavg_on_ray(tmp_path: Path) -> None:
     out = tmp_path / "out"
     command = [sys.executable, "-m", "flower_eec.run.cli", "run", "examples/fedavg.yaml",
                "profile=smoke", "topology.num_devices=6", "--out", str(out)]
-    done = subprocess.run(command, cwd=ROOT, env=_flower_env(tmp_path / "home"),
+    done = subprocess.run(command, cwd=ROOT, env=flower_env(tmp_path / "home"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from engine_helpers import FLWR, flower_env, stop_processes_mentioning
 from flwr.app import Context, Message, RecordDict, UserConfig
 
 from flower_eec.grid.local import LocalGrid
@@ -87,51 +85,19 @@ def test_the_dataset_is_deterministic_with_its_own_statistics(  # type: ignore[n
     assert all(0.0 < s < 1.0 for s in (*train.mean, *train.std))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop_processes_mentioning(marker: str) -> list[int]:
-    """Stop every process whose command line names ``marker`` (what this test started)."""
-    stopped = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline:
-            try:
-                os.kill(int(proc.name), signal.SIGTERM)
-                stopped.append(int(proc.name))
-            except ProcessLookupError:
-                pass
-    return stopped
-
-
 @pytest.mark.e2e
 def test_flwr_run_of_the_example(tmp_path: Path) -> None:
     """`flwr run examples/fedagg_app` with nothing installed but flower-eec: Flower loads the app
     from its bundle. Every round completes on 4 SuperNodes with no failed device."""
     home = tmp_path / "flwr-home"
-    env = dict(os.environ)
-    # flwr starts `flower-superlink` by name; its own ports keep other users' SuperLinks apart
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0",
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
-               FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()))
-    command = [str(Path(sys.executable).parent / "flwr"), "run", str(APP_DIR), "--stream",
+    command = [FLWR, "run", str(APP_DIR), "--stream",
                "--federation-config", "num-supernodes=4",
                "--run-config", "num-rounds=2 num-train=400 num-test=100"]
     try:
-        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run(command, cwd=tmp_path, env=flower_env(home), capture_output=True,
+                              text=True, timeout=600)
     finally:
-        stopped = _stop_processes_mentioning(str(home))
+        stopped = stop_processes_mentioning(str(home))
     output = done.stdout + done.stderr
     assert stopped, "flwr run should have started a SuperLink under this test's FLWR_HOME"
     assert done.returncode == 0, output[-3000:]

@@ -67,7 +67,8 @@ def my_strategy(**knobs: Any) -> FedAgg:
     torch.manual_seed(0)
     options: dict[str, Any] = {"topology": Topology(4, 2), "cloud_model": build_model("cnn3"),
                                "edge_model": build_model("cnn3"), "bridge": load_bridge(),
-                               "mean": MEAN, "std": STD, "node_wait": 5.0, **knobs}
+                               "mean": MEAN, "std": STD, "num_classes": 10, "node_wait": 5.0,
+                               **knobs}
     return FedAgg(**options)
 
 

@@ -131,7 +131,7 @@ def test_config_and_strategy_name_a_bad_skr_mode() -> None:
         resolve(None, {"method": "fedeec", "fedeec": {"skr": "down"}})
     with pytest.raises(ValueError, match="skr must be one of"):
         FedEEC(topology=Topology(2, 1), cloud_model=nn.Linear(1, 1), edge_model=nn.Linear(1, 1),
-               bridge=load_bridge(), mean=(0,), std=(1,), skr="down")
+               bridge=load_bridge(), mean=(0,), std=(1,), num_classes=1, skr="down")
 
 
 # --- dynamics -------------------------------------------------------------------------------

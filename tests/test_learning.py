@@ -32,7 +32,7 @@ def test_plain_steps_follow_the_gradient() -> None:
     model = one_weight()
     stats = sgd(model, range(2), squared_error(model), lr=0.25, momentum=0.0)
     # w: 0 -> 0 + 0.25 * 2 = 0.5 -> 0.5 + 0.25 * 1 = 0.75
-    assert float(model.weight) == pytest.approx(0.75)
+    assert model.weight.item() == pytest.approx(0.75)
     assert stats.steps == 2 and stats.examples == 2
     assert stats.loss == pytest.approx((1.0 + 0.25) / 2)  # losses before each step
     assert stats.accuracy == pytest.approx(0.5)  # w = 0 ties (class 0), w = 0.5 is right
@@ -42,10 +42,10 @@ def test_momentum_and_clipping() -> None:
     model = one_weight()
     sgd(model, range(2), squared_error(model), lr=0.25, momentum=0.9)
     # buffer -2 -> w 0.5; grad -1, buffer 0.9 * -2 - 1 = -2.8 -> w 0.5 + 0.7 = 1.2
-    assert float(model.weight) == pytest.approx(1.2)
+    assert model.weight.item() == pytest.approx(1.2)
     clipped = one_weight()
     sgd(clipped, range(1), squared_error(clipped), lr=0.25, momentum=0.0, clip=1.0)
-    assert float(clipped.weight) == pytest.approx(0.25)  # gradient -2 clipped to norm 1
+    assert clipped.weight.item() == pytest.approx(0.25)  # gradient -2 clipped to norm 1
 
 
 def test_reported_loss_extras_and_gradients_set_by_the_objective() -> None:
@@ -58,7 +58,7 @@ def test_reported_loss_extras_and_gradients_set_by_the_objective() -> None:
                     {"aux": 3.0}, reported_loss=torch.tensor(7.0), gradients_set=True)
 
     stats = sgd(model, range(2), objective, lr=0.1, momentum=0.0)
-    assert float(model.weight) == pytest.approx(0.8)  # two steps of 0.1 * 4
+    assert model.weight.item() == pytest.approx(0.8)  # two steps of 0.1 * 4
     assert stats.loss == pytest.approx(7.0)
     assert stats.mean("aux") == pytest.approx(3.0) and stats.extras["aux"] == pytest.approx(6.0)
 
@@ -76,5 +76,5 @@ def test_only_the_given_parameters_move() -> None:
                     torch.ones(1, dtype=torch.long))
 
     sgd(model, range(1), objective, lr=0.1, momentum=0.0, params=[second.weight])
-    assert float(first.weight) == 1.0
-    assert float(second.weight) == pytest.approx(1.0 + 0.1 * 4)  # dloss/dw1 = 2 (1 - 3) w0
+    assert first.weight.item() == 1.0
+    assert second.weight.item() == pytest.approx(1.0 + 0.1 * 4)  # dloss/dw1 = 2 (1 - 3) w0

@@ -283,7 +283,8 @@ class FedAgg(Hierarchical):
         The parts of SKR that apply where it does (default: both).
     embedding_shape : tuple (default: (4, 8, 8))
         Shape of one code (32x32 images; ``(4, H/4, W/4)`` in general).
-    num_classes : int (default: 10)
+    num_classes : int
+        Outputs of every tier's model (the devices' logits are checked against it).
     logits_batch : int (default: 500)
         Batch size of no-grad logits passes and of the devices' evaluation
         (``batch_size`` under ``fidelity``).
@@ -302,13 +303,14 @@ class FedAgg(Hierarchical):
 
     def __init__(self, topology: Topology, cloud_model: nn.Module,
                  edge_model: nn.Module | Callable[[int], nn.Module], bridge: BridgeAutoencoder,
-                 mean: Sequence[float], std: Sequence[float], *, T: float = 3.0,
+                 mean: Sequence[float], std: Sequence[float], *, num_classes: int,
+                 T: float = 3.0,
                  beta: float = 10.0, beta_leaf: float = 1.0, gamma: float = 1.0,
                  lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
                  batch_size: int = 8, clip: float = 0.0, augment: bool = True, cutout: int = 0,
                  schedule: str = "parallel", fidelity: bool = False, fp16: bool = False,
                  skr: str = "off", rectification: SKR | None = None,
-                 embedding_shape: tuple[int, ...] = EMBEDDING_SHAPE, num_classes: int = 10,
+                 embedding_shape: tuple[int, ...] = EMBEDDING_SHAPE,
                  logits_batch: int = 500, evaluate_devices: bool = True, seed: int = 0,
                  torch_device: torch.device | None = None, **kwargs: Any) -> None:
         if schedule not in SCHEDULES:

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
-from fedagg_app.task import Net, datasets, evaluate
+from fedagg_app.task import NUM_CLASSES, Net, datasets, evaluate
 from flower_eec.models.bridge import load_bridge
 from flower_eec.strategies import FedAgg
 from flower_eec.topology import Topology
@@ -37,6 +37,7 @@ def run_fedagg(grid: Grid, context: Context) -> Result:
         cloud_model=Net(width=CLOUD_WIDTH), edge_model=Net(width=EDGE_WIDTH),
         bridge=load_bridge(),  # the shipped bridge; the devices load the same one by default
         mean=train.mean, std=train.std,  # the devices normalise with these too
+        num_classes=NUM_CLASSES,
         T=float(config["temperature"]), lr=float(config["lr"]),
         batch_size=int(config["batch-size"]), seed=seed)
 

@@ -1,0 +1,50 @@
+"""What the engine tests share: an environment of their own for `flwr run`, and stopping only
+the processes a test started (found by its own FLWR_HOME in their command line)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+FLWR = str(Path(sys.executable).parent / "flwr")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment of a test's `flwr run`: its own FLWR_HOME and SuperLink ports (so it can
+    never reach another user's SuperLink), offline, no telemetry."""
+    env = dict(os.environ)
+    # flwr starts `flower-superlink` by name: the interpreter's scripts folder must be on PATH
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0",
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+               FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
+    return env
+
+
+def stop_processes_mentioning(marker: str) -> list[int]:
+    """Stop every process whose command line names ``marker`` (what this test started)."""
+    stopped = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGTERM)
+                stopped.append(int(proc.name))
+            except ProcessLookupError:
+                pass
+    return stopped
