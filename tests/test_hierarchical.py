@@ -27,7 +27,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg, FedProx, Result, Strategy
 
-from flower_eec.errors import ConfigError
+from flower_eec.errors import ConfigError, ProtocolError
 from flower_eec.grid.local import LocalGrid
 from flower_eec.strategies.hierarchical import CLOUD_DIRECT, Hierarchical, RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
@@ -65,8 +65,8 @@ class FakeDevices:
         config = message.content.config_records.get("config", ConfigRecord())
         self.received.append((kind, message.metadata.dst_node_id, dict(config)))
         if kind == "query.describe":
-            if self.describe is None:
-                raise RuntimeError("no describe handler")
+            if self.describe is None:  # as a ClientApp without the handler answers
+                raise ValueError("No query function registered with name 'describe'")
             info = ConfigRecord({"partition-id": self.describe(pid)})
             return Message(RecordDict({"describe": info}), reply_to=message)
         if kind == "evaluate":
@@ -351,8 +351,7 @@ def test_without_describe_devices_are_placed_by_sorted_node_id(
     assert r.devices.nodes("query.describe") == [1000]
     lines = [rec for rec in caplog.records if "query.describe" in rec.getMessage()]
     assert [rec.levelno for rec in lines] == [logging.INFO]
-    assert "does not answer query.describe (error reply: RuntimeError: no describe handler)" in (
-        lines[0].getMessage())
+    assert "does not answer query.describe (it has no handler for it)" in lines[0].getMessage()
 
 
 def test_a_clientapp_without_a_describe_handler_is_named_as_such(
@@ -387,10 +386,58 @@ def test_discover_false_sends_no_describe() -> None:
     np.testing.assert_allclose(w(result.arrays), W0 + 2, rtol=0, atol=1e-6)
 
 
-def test_a_duplicate_partition_id_falls_back_to_sorted_node_id() -> None:
-    r = run(FakeDevices(describe=lambda pid: min(pid, 2)))
+def test_a_duplicate_partition_id_stops_the_run_naming_it() -> None:
+    with pytest.raises(ProtocolError,
+                       match=r"several nodes claim one partition-id \(\{2: \[1002, 1003\]\}"):
+        run(FakeDevices(describe=lambda pid: min(pid, 2)))
 
-    assert r.strategy.node_of == {0: 1000, 1: 1001, 2: 1002, 3: 1003}
+
+def test_a_partition_id_out_of_range_stops_the_run_naming_the_fix() -> None:
+    with pytest.raises(ProtocolError, match="partition-id 7; the 4 devices must be 0 .. 3"):
+        run(FakeDevices(describe=lambda pid: pid + 4 if pid == 3 else pid))
+
+
+def test_a_device_whose_describe_fails_stops_the_run_with_its_reason() -> None:
+    devices = FakeDevices(describe=lambda pid: pid if pid != 2 else 1 // 0)
+    with pytest.raises(ProtocolError, match="node 1002 failed to describe itself.*division"):
+        run(devices)
+
+
+def describe_dropped(nodes: set[int], times: int) -> Callable[[Message], bool]:
+    """Drop the first ``times`` describe messages to each of ``nodes`` (a slow start)."""
+    dropped: dict[int, int] = {}
+
+    def drop(message: Message) -> bool:
+        node = message.metadata.dst_node_id
+        if message.metadata.message_type != "query.describe" or node not in nodes:
+            return False
+        dropped[node] = dropped.get(node, 0) + 1
+        return dropped[node] <= times
+
+    return drop
+
+
+def test_a_node_silent_at_first_is_asked_again_and_placed_by_its_partition_id() -> None:
+    # devices describe themselves as 3 - pid: a fallback to node ids would be visible
+    devices = FakeDevices(describe=lambda pid: 3 - pid)
+    strategy = Hierarchical(edge=edge_fedavg(), topology=Topology(num_devices=4, num_edges=2),
+                            node_wait=30.0)
+    grid = LocalGrid(devices, 4, drop=describe_dropped({1002}, times=2))
+
+    strategy.start(grid, initial(), num_rounds=1, timeout=0.01)  # a round timeout far too short
+
+    assert strategy.node_of == {0: 1003, 1: 1002, 2: 1001, 3: 1000}
+    # node 1002 got the third ask (two were dropped), after the others had answered
+    assert devices.nodes("query.describe") == [1000, 1001, 1003, 1002]
+
+
+def test_a_node_that_never_describes_itself_stops_the_run() -> None:
+    grid = LocalGrid(FakeDevices(), 4, drop=describe_dropped({1002}, times=10**6))
+    strategy = Hierarchical(edge=edge_fedavg(), topology=Topology(num_devices=4, num_edges=2),
+                            node_wait=0.01)
+    with pytest.raises(ProtocolError, match=r"1 node\(s\) \(\[1002\]\) gave no answer to "
+                                            r"query.describe within 0.01 s.*node_wait"):
+        strategy.start(grid, initial(), num_rounds=1)
 
 
 @pytest.mark.parametrize("num_nodes", [3, 5])

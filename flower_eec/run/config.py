@@ -106,12 +106,17 @@ class EvalConfig:
 
 @dataclass
 class SimulationConfig:
-    """Flower Simulation Engine settings and server-side compute."""
+    """Flower Simulation Engine settings and server-side compute.
+
+    ``timeout``: seconds a round's exchange waits for the devices' replies. ``node_wait``: seconds
+    to wait at start for the nodes to register, and again for them to describe themselves (Ray's
+    actors can take tens of seconds to start); a device that never answers stops the run.
+    """
 
     client_cpus: int = 1
     client_gpus: float = 0.0
     timeout: float = 600.0
-    node_wait: float = 20.0
+    node_wait: float = 60.0
     torch_device: str = "auto"
     torch_threads: int = 1
 

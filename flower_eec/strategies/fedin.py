@@ -162,13 +162,13 @@ class FedIN(Strategy):
         refuse_clashes(evaluate_config, self.evaluate_knobs, "evaluate_config",
                        type(self).__name__)
         if not self.device_of:
-            self.place(grid, timeout)
+            self.place(grid)
         return super().start(grid, initial_arrays, num_rounds, timeout, train_config,
                              evaluate_config, evaluate_fn)
 
-    def place(self, grid: Grid, timeout: float = 3600.0) -> None:
+    def place(self, grid: Grid) -> None:
         """Match Flower nodes to the devices of ``model_of`` (sets ``device_of``)."""
-        _, self.device_of = place_devices(grid, len(self.model_of), self.node_wait, timeout)
+        _, self.device_of = place_devices(grid, len(self.model_of), self.node_wait)
 
     def summary(self) -> None:
         """Log what this tier does."""
@@ -378,9 +378,9 @@ class HierFedIN(Hierarchical):
         check_answered(self.answered, replies)
         return super().merge_evaluate(server_round, replies, group_of)
 
-    def place(self, grid: Grid, timeout: float = 3600.0) -> None:
+    def place(self, grid: Grid) -> None:
         """``Hierarchical.place``, then tell every edge which node is which device."""
-        super().place(grid, timeout)
+        super().place(grid)
         for edge in self.edges.values():
             edge.device_of = self.device_of
             edge.count_missing = False

@@ -127,8 +127,10 @@ class Hierarchical(Strategy):
     on_round : Callable[[RoundReport], None], optional
         Called after every cloud round (1 .. num_rounds) with its report.
     node_wait : float (default: 60.0)
-        Seconds to wait at start for all ``topology.num_devices`` nodes to register; a
-        different number of nodes is then a ``ConfigError``.
+        Seconds to wait at start for all ``topology.num_devices`` nodes to register (a
+        different number of nodes is then a ``ConfigError``), and then for them to answer
+        ``query.describe`` (independent of ``start``'s round ``timeout``; a device that never
+        answers is a ``ProtocolError``).
     evaluate_edge_fn : Callable[[int, int, ArrayRecord], MetricRecord | None], optional
         Server-side evaluation of an edge model: ``(cloud round, edge, arrays)``. Giving it
         turns ``evaluate_edges`` on; ``evaluate_fn`` then sees only the cloud model, as in
@@ -185,11 +187,12 @@ class Hierarchical(Strategy):
 
     # --- placing devices ------------------------------------------------------------------
 
-    def place(self, grid: Grid, timeout: float = 3600.0) -> None:
-        """Match Flower nodes to the topology's devices (``node_of``, ``device_of``)."""
+    def place(self, grid: Grid) -> None:
+        """Match Flower nodes to the topology's devices (``node_of``, ``device_of``); waits up
+        to ``node_wait`` for them to register, and again for them to describe themselves."""
         self.described = {}
         self.node_of, self.device_of = place_devices(
-            grid, self.topology.num_devices, self.node_wait, timeout, answers=self.described,
+            grid, self.topology.num_devices, self.node_wait, answers=self.described,
             describe=self.discover)
 
     def sit_out(self, cloud_round: int, group: int, reason: str, level: int = INFO) -> None:
@@ -447,7 +450,7 @@ class Hierarchical(Strategy):
         train_config = train_config or ConfigRecord()
         evaluate_config = evaluate_config or ConfigRecord()
         self.sent, self._sat_out = {}, set()
-        self.place(grid, timeout)
+        self.place(grid)
         self.reference = initial_arrays
         self.setup(grid, timeout)
         result = Result(arrays=initial_arrays)

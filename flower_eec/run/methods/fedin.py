@@ -184,7 +184,7 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder, *,
         return
 
     node_of, device_of = place_devices(grid, config.topology.num_devices,
-                                       config.simulation.node_wait, config.simulation.timeout)
+                                       config.simulation.node_wait)
     flat = FedIN(model_of, features, **knobs)
     flat.device_of = device_of
     grid.drain()  # discovery is not part of round 1
