@@ -124,6 +124,37 @@ def test_start_refuses_configs_that_override_the_constructor() -> None:
     assert reports[0].failures == 0
 
 
+class BigDevice(FedAggDevice):
+    """Device 0 holds ``size`` images (and says so, consistently); the others 6."""
+
+    size = 6
+
+    def __init__(self) -> None:
+        super().__init__(my_model, lambda c: my_images(pid(c), self.size if pid(c) == 0 else 6),
+                         lambda c: my_images(100 + pid(c), 4))
+
+
+@pytest.mark.parametrize(("size", "max_codes", "refused"), [
+    (6 * 11, None, True),    # over 10 x the median (6): refused
+    (6 * 9, None, False),    # under it: taken
+    (6 * 11, 70, False),     # a larger absolute cap takes it
+    (6 * 2, 10, True),       # a smaller absolute cap refuses it
+])
+def test_the_store_takes_no_more_codes_from_a_device_than_the_cap(
+        size: int, max_codes: int | None, refused: bool) -> None:
+    device = BigDevice()
+    device.size = size
+    strategy = my_strategy(max_codes=max_codes)
+    [report] = start(strategy, my_app(device))
+
+    assert (0 in strategy.store) is not refused
+    if refused:
+        assert report.failures >= 1
+        assert f"declares {size} codes, over the cap of {max_codes or 60}" in (
+            report.failure_reasons[0])
+    assert all(d in strategy.store for d in (1, 2, 3))
+
+
 def test_train_metrics_are_the_devices_with_the_tiers_passes_beside_them() -> None:
     strategy = my_strategy()
     result = strategy.start(LocalGrid(my_app(), 4), server_side.state_record(strategy.cloud_model),

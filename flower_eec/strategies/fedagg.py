@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
@@ -292,6 +293,12 @@ class FedAgg(Hierarchical):
         Ask the devices to evaluate their kept models after each evaluated round.
     seed : int (default: 0)
         Seeds the order of every pass and the devices' augmentation.
+    max_codes, max_codes_factor : int, float (default: None, 10.0)
+        The most codes the store takes from one device: ``max_codes``, or else
+        ``max_codes_factor`` times the median of the devices' described training examples (of
+        the codes they declare, for devices that do not describe themselves). A device over the
+        cap is refused for the round with both numbers in the reason, so one that lies about
+        its size, even consistently, cannot flood the stores.
     torch_device : torch.device, optional
         Where bridge samples are kept (the models' device).
     **kwargs
@@ -312,7 +319,13 @@ class FedAgg(Hierarchical):
                  skr: str = "off", rectification: SKR | None = None,
                  embedding_shape: tuple[int, ...] = EMBEDDING_SHAPE,
                  logits_batch: int = 500, evaluate_devices: bool = True, seed: int = 0,
+                 max_codes: int | None = None, max_codes_factor: float = 10.0,
                  torch_device: torch.device | None = None, **kwargs: Any) -> None:
+        if max_codes_factor <= 0 or (max_codes is not None and max_codes < 1):
+            raise ValueError(f"max_codes ({max_codes}) must be >= 1 and max_codes_factor "
+                             f"({max_codes_factor}) > 0")
+        self.max_codes, self.max_codes_factor = max_codes, max_codes_factor
+        self._codes_cap = 0
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if skr not in SKR_MODES:
@@ -413,6 +426,7 @@ class FedAgg(Hierarchical):
         require_handler(replies, DEVICE_HINT)
         report.count(messages, replies, group_of)
         started = time.perf_counter()
+        self._codes_cap = self.codes_cap(replies)
         by_group = self.split_replies(replies, group_of, report, self._accept_embeddings)
         for group, accepted in by_group.items():
             for reply in accepted:
@@ -421,6 +435,17 @@ class FedAgg(Hierarchical):
                     self.bridges[group].members.add(device)
                     report.add("edge_to_cloud", self.store.embedding_bytes(device))
         report.server_s += time.perf_counter() - started
+
+    def codes_cap(self, replies: list[Message]) -> int:
+        """The most codes one device may upload (see ``max_codes``)."""
+        if self.max_codes is not None:
+            return self.max_codes
+        counts = [a.get(names.NUM_TRAIN) for a in self.described.values()]
+        if not counts:  # devices that do not describe themselves: what this exchange declares
+            counts = [next(iter(r.content.metric_records.values())).get(self.weighted_by_key)
+                      for r in replies if not r.has_error() and r.content.metric_records]
+        numbers = [float(c) for c in counts if isinstance(c, (int, float))] or [0.0]
+        return max(1, math.ceil(self.max_codes_factor * statistics.median(numbers)))
 
     def _accept_embeddings(self, reply: Message, group: int) -> str | None:
         """Why a ``query.embed`` reply is refused, or None after putting its codes in the store."""
@@ -436,6 +461,9 @@ class FedAgg(Hierarchical):
         described = answer.get(names.NUM_TRAIN) if answer is not None else None
         if isinstance(described, int) and declared != described:
             return f"declares {declared} codes but described {described} training examples"
+        if declared > self._codes_cap:
+            return (f"declares {declared} codes, over the cap of {self._codes_cap} per device "
+                    f"({self._cap_source()}): a device this large needs FedAgg(max_codes=...)")
         problem = self._normalisation_problem(reply)
         if problem:
             return problem
@@ -451,6 +479,10 @@ class FedAgg(Hierarchical):
             return f"bad embeddings: {err}"
         self.store.add(device, payload, payload_bytes(record))
         return None
+
+    def _cap_source(self) -> str:
+        return ("max_codes" if self.max_codes is not None else
+                f"max_codes_factor={self.max_codes_factor:g} x the median device's size")
 
     def _normalisation_problem(self, reply: Message) -> str | None:
         """Why the device's data is normalised otherwise than the store's samples, or None."""

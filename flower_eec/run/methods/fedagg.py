@@ -43,7 +43,9 @@ class FedAggConfig:
     training mode for teacher logits and testing, bridge samples in [0, 1], frozen augmentation).
     ``bridge_weights`` is a weights JSON of ``scripts/train_bridge.py``; empty takes the shipped
     CIFAR-10 bridge. ``clip`` > 0 caps the gradient norm of every distillation step (ours;
-    0: the papers' unclipped SGD).
+    0: the papers' unclipped SGD). ``max_codes_factor``: a device may upload codes of at most
+    this many times the median device's training examples (a guard against devices that lie
+    about their size).
     """
 
     T: float = 3.0
@@ -55,6 +57,7 @@ class FedAggConfig:
     fp16: bool = False
     bridge_weights: str = ""
     clip: float = 0.0
+    max_codes_factor: float = 10.0
 
 
 @dataclass
@@ -79,6 +82,7 @@ def check_fedagg(config: Config) -> None:
     check(f.T > 0, "fedagg.T", f.T, "> 0")
     for key in ("beta", "beta_leaf", "gamma", "clip"):
         check(getattr(f, key) >= 0, f"fedagg.{key}", getattr(f, key), ">= 0")
+    check(f.max_codes_factor > 0, "fedagg.max_codes_factor", f.max_codes_factor, "> 0")
     choice("fedagg.schedule", f.schedule, SCHEDULES)
     if f.bridge_weights:
         check(Path(f.bridge_weights).is_file(), "fedagg.bridge_weights", f.bridge_weights,
@@ -162,7 +166,8 @@ def arguments(config: Config, initial: ArrayRecord) -> dict[str, Any]:
         clip=f.clip, augment=config.data.augment, cutout=config.data.cutout,
         schedule=f.schedule, fidelity=f.fidelity, fp16=f.fp16, num_classes=d.num_classes,
         embedding_shape=code_shape(d.x_train.shape), logits_batch=config.eval.batch_size,
-        evaluate_devices=config.eval.devices, seed=config.seed, torch_device=device)
+        evaluate_devices=config.eval.devices, seed=config.seed,
+        max_codes_factor=f.max_codes_factor, torch_device=device)
 
 
 def fedagg_strategy(config: Config, initial: ArrayRecord, **options: Any) -> FedAgg:
