@@ -52,7 +52,7 @@ def test_defaults_are_hierfavg_on_the_smoke_profile() -> None:
     assert (config.train.rounds, config.train.edge_rounds, config.train.local_epochs) == (2, 1, 1)
     assert config.train.lr == 0.05
     assert config.eval.batch_size == 200
-    assert config.simulation.node_wait == 20.0
+    assert config.simulation.node_wait == 60.0
 
 
 def test_the_cpu_profile() -> None:
