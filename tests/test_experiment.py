@@ -125,7 +125,9 @@ def test_the_results_folder(runs: dict, name: str) -> None:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(summary))
-    assert set(saved) == {"method", "config", "versions", "rounds", "final"}
+    assert set(saved) == {"method", "status", "completed_rounds", "planned_rounds", "config",
+                          "versions", "rounds", "final"}
+    assert (saved["status"], saved["completed_rounds"]) == ("finished", len(saved["rounds"]))
     assert saved["method"] == config.method
     assert saved["config"] == to_dict(config)
     assert set(saved["versions"]) == {"flower_eec", "flwr", "torch"}
@@ -220,5 +222,36 @@ def test_flat_fedavg_counts_a_crashed_device(tmp_path: Path) -> None:
 
     counts = [(r["devices"]["participants"], r["devices"]["failures"]) for r in summary["rounds"]]
     assert counts == [(4, 0), (4, 1)]
+    assert [r["devices"]["failed"] for r in summary["rounds"]] == [
+        {}, {"1": "error reply: RuntimeError: device crashed"}]
     assert all(r["comm_bytes"]["device_to_cloud"] > 0 for r in summary["rounds"])
     assert summary["rounds"][1]["cloud"]["accuracy"] >= 0.0
+
+
+def test_a_run_that_raises_is_recorded_as_failed_with_its_rounds(tmp_path: Path) -> None:
+    config = smoke("hierfavg", tmp_path / "out", train={"rounds": 3})
+
+    class BreakingGrid(LocalGrid):
+        """The grid goes away at the train exchange of round 2."""
+
+        trains = 0
+
+        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+            messages = list(messages)
+            if messages and messages[0].metadata.message_type == "train":
+                self.trains += 1
+                if self.trains == 2:
+                    raise ConnectionError("the SuperLink went away")
+            return super().send_and_receive(messages, timeout=timeout)
+
+    grid = BreakingGrid(app, config.topology.num_devices, {"config-json": to_json(config)})
+    with pytest.raises(ConnectionError):
+        experiment.run(grid, config)
+
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (saved["status"], saved["reason"]) == ("failed",
+                                                  "ConnectionError: the SuperLink went away")
+    assert (saved["completed_rounds"], saved["planned_rounds"]) == (1, 3)
+    assert [r["round"] for r in saved["rounds"]] == [1] and "final" not in saved
+    with pytest.raises(ConfigError, match="already holds a run"):
+        experiment.run(grid, config)

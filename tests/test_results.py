@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flower_eec.errors import ConfigError
 from flower_eec.run.config import Config, resolve, to_dict
 from flower_eec.run.results import LINKS, Recorder, write_metrics_csv
 
@@ -56,12 +61,16 @@ def test_add_round_keeps_results_json_up_to_date(config: Config, tmp_path: Path)
 
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [r["round"] for r in saved["rounds"]] == [1]
-    assert saved["final"]["cloud_accuracy"] == 0.30
+    assert (saved["status"], saved["completed_rounds"]) == ("running", 1)
+    assert "final" not in saved  # a run that has not finished does not look finished
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n1,cloud,") == 1
 
     recorder.add_round(rounds()[1])
 
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [r["round"] for r in saved["rounds"]] == [1, 2]
+    assert recorder.finish()["final"]["cloud_accuracy"] == saved["rounds"][-1]["cloud"][
+        "accuracy"]
 
 
 def test_every_file_of_the_results_folder(written: tuple[Path, dict[str, Any]]) -> None:
@@ -79,7 +88,9 @@ def test_results_json_has_the_architecture_fields(written: tuple[Path, dict[str,
     saved = json.loads((out / "results.json").read_text())
 
     assert saved == json.loads(json.dumps(summary))
-    assert set(saved) == {"method", "config", "versions", "rounds", "final"}
+    assert set(saved) == {"method", "status", "completed_rounds", "planned_rounds", "config",
+                          "versions", "rounds", "final"}
+    assert (saved["status"], saved["completed_rounds"]) == ("finished", len(saved["rounds"]))
     assert saved["method"] == "hierfavg"
     assert saved["config"] == to_dict(config)
     assert set(saved["versions"]) == {"flower_eec", "flwr", "torch"}
@@ -178,3 +189,66 @@ def test_write_metrics_csv_header(tmp_path: Path) -> None:
 
     assert path.read_text().splitlines() == [
         "round,tier,index,accuracy,loss,wall_s," + ",".join(LINKS)]
+
+
+# --- a folder that says what it is, and holds one run -------------------------------------------
+
+
+def test_a_folder_that_holds_a_run_is_refused_unless_overwrite(config: Config,
+                                                               tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = Recorder(config, out)
+    first.add_round(rounds()[0])
+    first.finish()
+    (out / "notes.txt").write_text("mine")  # a file of the user's: never removed
+
+    with pytest.raises(ConfigError, match=r"already holds a run \(results.json, metrics.csv, "
+                                          r"accuracy.png, comm.png\).*--overwrite"):
+        Recorder(config, out)
+    assert json.loads((out / "results.json").read_text())["status"] == "finished"
+
+    second = Recorder(config, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt"]
+    second.add_round(rounds()[1])
+    assert [r["round"] for r in second.finish()["rounds"]] == [2]
+
+
+def test_a_live_run_keeps_its_folder_and_a_dead_one_does_not(config: Config,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                               stdin=subprocess.PIPE)
+    try:
+        (out / ".lock").write_text(json.dumps({"pid": sleeper.pid,
+                                               "host": socket.gethostname()}))
+        with pytest.raises(ConfigError, match=f"another run \\(process {sleeper.pid}\\) is "
+                                              "writing into"):
+            Recorder(config, out, overwrite=True)
+    finally:
+        sleeper.communicate(b"")  # it ends, as a killed run would
+    recorder = Recorder(config, out)  # the dead run's lock is taken over
+    assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
+    recorder.finish()
+    assert not (out / ".lock").exists()
+
+
+def test_a_failed_run_says_so_and_keeps_its_rounds(config: Config, tmp_path: Path) -> None:
+    recorder = Recorder(config, tmp_path / "run")
+    recorder.add_round(rounds()[0])
+
+    summary = recorder.fail("RuntimeError: the grid went away")
+
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert (saved["status"], saved["reason"]) == ("failed", "RuntimeError: the grid went away")
+    assert (saved["completed_rounds"], saved["planned_rounds"]) == (1, config.train.rounds)
+    assert "final" not in saved
+    assert (tmp_path / "run" / "accuracy.png").read_bytes()[:8] == PNG
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_run_that_fails_before_its_first_round_leaves_nothing(config: Config,
+                                                                tmp_path: Path) -> None:
+    Recorder(config, tmp_path / "run").fail("ConfigError: bad")
+    assert not (tmp_path / "run").exists()

@@ -88,7 +88,8 @@ def test_an_error_reply_carries_no_bytes() -> None:
     assert message_bytes(reply) == 0
     traffic, _ = grid.drain()
     assert traffic["train"] == Traffic(sent_bytes=record_bytes(content(16)), received_bytes=0,
-                                       sent=1, replies=1, errors=1, device_compute_s=0.0)
+                                       sent=1, replies=1, errors=1, device_compute_s=0.0,
+                                       failed={1001: "error reply: RuntimeError: boom"})
 
 
 def test_missing_replies_show_as_sent_minus_replies() -> None:
@@ -108,6 +109,9 @@ def test_missing_replies_show_as_sent_minus_replies() -> None:
     assert train.errors == 1
     assert train.sent - train.replies == 2
     assert train.received_bytes == message_bytes(replies[0]) + message_bytes(replies[1])
+    assert train.failed == {1001: "error reply: RuntimeError: boom",
+                            1002: "no reply before the time-out",
+                            1003: "no reply before the time-out"}
 
 
 def test_message_types_are_counted_apart() -> None:

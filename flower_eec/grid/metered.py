@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
@@ -32,13 +32,16 @@ class Traffic:
     replies: int = 0
     errors: int = 0
     device_compute_s: float = 0.0
+    failed: dict[int, str] = field(default_factory=dict)  # node id -> why it gave no result
 
 
 class MeteredGrid(ForwardingGrid):
     """A Grid that forwards to another and adds up, per message type, what each exchange moved.
 
     ``drain()`` returns the totals since the last call, so a caller can report them per round.
-    Replies whose MetricRecord holds ``compute_s`` add it to ``device_compute_s``.
+    Replies whose MetricRecord holds ``compute_s`` add it to ``device_compute_s``. In
+    ``send_and_receive``, a node that answers with an error, or not at all, is noted in
+    ``failed`` with the reason.
     """
 
     def __init__(self, grid: Grid) -> None:
@@ -73,6 +76,11 @@ class MeteredGrid(ForwardingGrid):
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         self.exchange_s += time.perf_counter() - start
         self._count_received(replies)
+        answered = {reply.metadata.src_node_id for reply in replies}
+        for message in messages:
+            if message.metadata.dst_node_id not in answered:
+                self._of(message.metadata.message_type).failed[
+                    message.metadata.dst_node_id] = "no reply before the time-out"
         return replies
 
     def _count_sent(self, messages: list[Message]) -> None:
@@ -87,6 +95,9 @@ class MeteredGrid(ForwardingGrid):
             traffic.received_bytes += message_bytes(reply)
             traffic.replies += 1
             traffic.errors += reply.has_error()
+            if reply.has_error():
+                reason = (str(reply.error.reason).strip().splitlines() or [""])[-1]
+                traffic.failed[reply.metadata.src_node_id] = f"error reply: {reason[:300]}"
             if reply.has_content():
                 for metrics in reply.content.metric_records.values():
                     compute = metrics.get("compute_s")

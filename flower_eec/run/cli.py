@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
                          "YAML file (e.g. examples/fedagg.yaml)")
         sub.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.lr=0.1")
     run.add_argument("--out", help="results folder (default: results/<method>-<profile>-<time>)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the results of an earlier run in --out")
     run.add_argument("--verbose", action="store_true", help="Flower's debug logging")
     return parser
 
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.overrides)
         if getattr(args, "out", None):
             overrides["out"] = args.out
+        if getattr(args, "overwrite", False):
+            overrides["overwrite"] = True
         config = resolve(args.config, overrides)
         if args.command == "show":
             print(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -130,6 +130,7 @@ class Config:
     profile: str = "smoke"
     seed: int = 0
     out: str = ""
+    overwrite: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

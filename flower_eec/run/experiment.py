@@ -97,8 +97,10 @@ def round_recorder(grid: MeteredGrid, recorder: Recorder,
 
     def on_round(report: RoundReport) -> None:
         traffic, exchange_s = grid.drain()
-        devices: dict[str, Any] = {"participants": report.participants,
-                                   "failures": report.failures}
+        devices: dict[str, Any] = {
+            "participants": report.participants, "failures": report.failures,
+            "failed": {str(device): reason
+                       for device, reason in sorted(report.failure_reasons.items())}}
         devices.update({f"mean_local_{key}": value
                         for key, value in report.device_metrics.items()})
         comm_bytes = report.link_bytes or {
@@ -166,11 +168,16 @@ def start_point(config: Config) -> tuple[EvaluateFn, ArrayRecord]:
 
 
 def run(grid: Grid, config: Config) -> dict[str, Any]:
-    """Run ``config.method`` on ``grid``; write and return the results."""
+    """Run ``config.method`` on ``grid``; write and return the results. A run that raises is
+    recorded as ``failed`` with the reason (its rounds so far kept), then the error goes on."""
     from flower_eec.run.registry import method
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)  # Flower's strategies sample nodes with Python's random
-    recorder = Recorder(config, results_dir(config))
-    method(config.method).run(config, MeteredGrid(grid), recorder)
+    recorder = Recorder(config, results_dir(config), overwrite=config.overwrite)
+    try:
+        method(config.method).run(config, MeteredGrid(grid), recorder)
+    except BaseException as exc:
+        recorder.fail(f"{type(exc).__name__}: {exc}".strip().rstrip(":"))
+        raise
     return recorder.finish()

@@ -1,11 +1,15 @@
-"""Per-round records of a run, written as results.json, metrics.csv and plots (ARCHITECTURE.md)."""
+"""Per-round records of a run, written as results.json, metrics.csv and plots."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import resource
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from logging import INFO
 from pathlib import Path
@@ -13,6 +17,7 @@ from typing import Any
 
 from flwr.common.logger import log
 
+from flower_eec.errors import ConfigError
 from flower_eec.run.config import Config, to_dict
 
 LINKS = ("device_to_edge", "edge_to_device", "edge_to_cloud", "cloud_to_edge",
@@ -32,23 +37,45 @@ def peak_rss_mb() -> float:
     return round((own + children) / 1024, 1)
 
 
-class Recorder:
-    """Collects one record per round, logs progress and keeps the results folder up to date."""
+RESULT_FILES = ("results.json", "metrics.csv", "accuracy.png", "comm.png")
+LOCK = ".lock"
+PLOT_EVERY_S = 10.0  # plots are redrawn at most this often while a run goes on, and at its end
 
-    def __init__(self, config: Config, out: str | Path | None = None) -> None:
+
+class Recorder:
+    """Collects one record per round, logs progress and keeps the results folder up to date.
+
+    The folder always says what it holds: ``results.json`` carries ``status`` (``running``,
+    ``finished``, or ``failed`` with the ``reason``) and ``completed_rounds``; it and
+    ``metrics.csv`` are rewritten (atomically: write, then rename) after every round, the plots
+    too (at most every ``PLOT_EVERY_S`` seconds, and at the end). A folder that holds an earlier
+    run is refused unless ``overwrite``, and a lock file keeps a second run out while this one
+    lives (a lock whose process is gone is taken over).
+
+    Raises:
+        ConfigError: ``out`` holds a run (and not ``overwrite``), or a live run writes there.
+    """
+
+    def __init__(self, config: Config, out: str | Path | None = None,
+                 overwrite: bool = False) -> None:
         self.config = config
         self.out = Path(out) if out else None
         self.rounds: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.last = self.started
+        self.plotted = 0.0
         self.notes: dict[str, Any] = {}
+        self.status: dict[str, Any] = {"status": "running"}
+        if self.out:
+            claim(self.out, overwrite)
 
     def note(self, name: str, value: Any) -> None:
         """Add a top-level section to results.json (e.g. a method's offline-stage report)."""
         self.notes[name] = value
 
     def add_round(self, record: dict[str, Any]) -> None:
-        """Append a round (see ARCHITECTURE.md for its fields), log it, rewrite results.json."""
+        """Append a round (see the README's Results section for its fields), log it, rewrite
+        the results folder."""
         now = time.perf_counter()
         record = {"round": record["round"], "wall_s": round(now - self.last, 3), **record}
         unknown = set(record.get("comm_bytes", {})) - set(LINKS)
@@ -64,43 +91,134 @@ class Recorder:
         log(INFO, "round %d/%d  cloud acc %s  edge acc %s  device local acc %s  %.1fs",
             record["round"], self.config.train.rounds, _pct(cloud),
             _pct(sum(edges) / len(edges)) if edges else "-", _pct(local), record["wall_s"])
-        if self.out:
-            self._write_json()
+        self._write(plots=now - self.plotted >= PLOT_EVERY_S)
 
     def summary(self) -> dict[str, Any]:
-        """The whole run as the results.json document."""
-        accuracies = [r["cloud"]["accuracy"] for r in self.rounds
-                      if "accuracy" in r.get("cloud", {})]
-        return {
+        """The whole run as the results.json document (``final`` once it has finished)."""
+        summary: dict[str, Any] = {
             "method": self.config.method,
+            **self.status,
+            "completed_rounds": len(self.rounds),
+            "planned_rounds": self.config.train.rounds,
             "config": to_dict(self.config),
             "versions": versions(),
             "rounds": self.rounds,
-            "final": {
+        }
+        if self.status["status"] == "finished":
+            accuracies = [r["cloud"]["accuracy"] for r in self.rounds
+                          if "accuracy" in r.get("cloud", {})]
+            summary["final"] = {
                 "cloud_accuracy": accuracies[-1] if accuracies else None,
                 "best_cloud_accuracy": max(accuracies) if accuracies else None,
                 "total_wall_s": round(time.perf_counter() - self.started, 3),
                 "peak_rss_mb": peak_rss_mb(),
-            },
-            **self.notes,
-        }
+            }
+        return {**summary, **self.notes}
 
     def finish(self) -> dict[str, Any]:
-        """Write every file of the results folder; return the summary."""
-        summary = self.summary()
+        """Mark the run finished, write every file of the results folder, free the folder;
+        return the summary."""
+        self.status = {"status": "finished"}
+        return self._close()
+
+    def fail(self, reason: str) -> dict[str, Any]:
+        """Mark the run failed with ``reason``, write what it has, free the folder. A run that
+        failed before its first round leaves nothing behind (there is nothing to keep)."""
+        self.status = {"status": "failed", "reason": reason}
+        if self.out and not self.rounds:
+            for name in (*RESULT_FILES, LOCK):
+                (self.out / name).unlink(missing_ok=True)
+            if not any(self.out.iterdir()):
+                self.out.rmdir()
+            return self.summary()
+        return self._close()
+
+    def _close(self) -> dict[str, Any]:
+        summary = self._write(plots=True)
         if self.out:
-            self._write_json(summary)
-            write_metrics_csv(self.rounds, self.out / "metrics.csv")
-            plot_accuracy(self.rounds, self.out / "accuracy.png", title=self.config.method)
-            plot_comm(self.rounds, self.out / "comm.png", title=self.config.method)
+            (self.out / LOCK).unlink(missing_ok=True)
             log(INFO, "Results written to %s", self.out.resolve())
         return summary
 
-    def _write_json(self, summary: dict[str, Any] | None = None) -> None:
-        assert self.out is not None
-        self.out.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(summary or self.summary(), indent=1)
-        (self.out / "results.json").write_text(text)
+    def _write(self, plots: bool) -> dict[str, Any]:
+        summary = self.summary()
+        if not self.out:
+            return summary
+        atomic_write(self.out / "results.json", json.dumps(summary, indent=1).encode())
+        with atomic_path(self.out / "metrics.csv") as path:
+            write_metrics_csv(self.rounds, path)
+        if plots and self.rounds:
+            c = self.config
+            title = f"{c.method} on {c.data.dataset}, profile {c.profile}, seed {c.seed}"
+            with atomic_path(self.out / "accuracy.png") as path:
+                plot_accuracy(self.rounds, path, title=title)
+            with atomic_path(self.out / "comm.png") as path:
+                plot_comm(self.rounds, path, title=title)
+            self.plotted = time.perf_counter()
+        return summary
+
+
+def claim(out: Path, overwrite: bool) -> None:
+    """Make ``out`` this run's: refuse a folder that holds a run (unless ``overwrite``, which
+    removes its result files), and take its lock (refused while the lock's process lives)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    holder = _live_holder(lock)
+    if holder is not None:
+        raise ConfigError(f"another run ({holder}) is writing into {out}: choose another "
+                          f"--out, or wait for it to end (if it is gone, delete {lock})")
+    previous = [name for name in RESULT_FILES if (out / name).exists()]
+    if previous and not overwrite:
+        raise ConfigError(f"{out} already holds a run ({', '.join(previous)}): choose another "
+                          "--out, or pass --overwrite (run config: overwrite=true) to replace it")
+    lock.unlink(missing_ok=True)  # a lock whose process is gone
+    try:
+        descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise ConfigError(f"another run took {out} at the same moment: choose another "
+                          "--out") from None
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
+    for name in previous:
+        (out / name).unlink()
+
+
+def _live_holder(lock: Path) -> str | None:
+    """Which live run holds ``lock`` (``process <pid>``), or None when none does: no lock, an
+    unreadable one, this process's own, or one whose process on this host is gone."""
+    try:
+        holder = json.loads(lock.read_text())
+        pid, host = int(holder["pid"]), str(holder["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname():
+        return f"process {pid} on {host}"  # cannot be checked from here: trusted as live
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return f"process {pid}"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, whole."""
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` when done."""
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _pct(value: float | None) -> str:

@@ -190,7 +190,8 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder, *,
     grid.drain()  # discovery is not part of round 1
 
     def devices() -> RoundReport:
-        report = RoundReport(round=0, participants=len(node_of), failures=len(flat.failures))
+        report = RoundReport(round=0, participants=len(node_of), failures=len(flat.failures),
+                             failure_reasons=dict(flat.failures))
         if flat.last_evaluate is not None:
             report.device_metrics = scalars(flat.last_evaluate)
             flat.last_evaluate = None

@@ -6,8 +6,8 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from flower_eec.clients.weights import WeightsDevice
-from flower_eec.grid.discovery import wait_for_nodes
-from flower_eec.grid.metered import MeteredGrid
+from flower_eec.grid.discovery import place_devices
+from flower_eec.grid.metered import MeteredGrid, Traffic
 from flower_eec.run.config import Config
 from flower_eec.run.devices import device_model, test_data, train_data
 from flower_eec.run.experiment import (
@@ -40,7 +40,9 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
     """Flat FedAvg: Flower's own strategy over all devices, recorded round by round."""
     evaluate_fn, initial = start_point(config)
     num_devices = config.topology.num_devices
-    wait_for_nodes(grid, num_devices, config.simulation.node_wait)
+    _, device_of = place_devices(grid, num_devices, config.simulation.node_wait)
+    grid.drain()  # discovery is not part of round 1
+
     # FedAvg aggregates the round's replies before it calls evaluate_fn: keep what they said.
     # Every device is sampled (fraction_train=1); FedAvg aggregates only when some replied.
     def fresh() -> RoundReport:
@@ -60,6 +62,9 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
     def devices() -> RoundReport:
         nonlocal round_so_far
         report, round_so_far = round_so_far, fresh()
+        train = grid.traffic.get("train", Traffic())
+        report.failure_reasons = {device_of.get(node, node): reason
+                                  for node, reason in train.failed.items()}
         return report
 
     strategy = FedAvg(min_available_nodes=num_devices, min_train_nodes=num_devices,
