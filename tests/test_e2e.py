@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from engine_helpers import FLWR, flower_env, stop_processes_mentioning
+from engine_helpers import FLWR, descendants, flower_env, stop_processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -111,3 +115,40 @@ def test_flwr_run_eclm_smoke(tmp_path: Path) -> None:
     assert all(r["eclm"]["rederived"] == 4 for r in summary["rounds"])
     assert "eclm_offline" in summary
     assert 0.0 <= summary["final"]["cloud_accuracy"] <= 1.0
+
+
+def test_cli_run_killed_with_sigkill_then_resumed_on_ray(tmp_path: Path) -> None:
+    """`kill -9` of a Ray run after its round 2 of 4, then `--resume`: four rounds, none twice."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "flower_eec.run.cli", "run", "hierfavg", "profile=smoke",
+               "train.rounds=4", "--out", str(out)]
+    env = flower_env(tmp_path / "home")
+    run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and run.poll() is None:
+            try:
+                if json.loads((out / "results.json").read_text())["completed_rounds"] >= 2:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)  # polls for a condition, with a deadline
+    finally:
+        started = descendants(run.pid)
+        run.kill()
+        for pid in started:  # Ray's processes, started by this run only
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        run.wait()
+    killed = json.loads((out / "results.json").read_text())
+    assert killed["status"] == "running" and 2 <= killed["completed_rounds"] < 4
+
+    done = subprocess.run([sys.executable, "-m", "flower_eec.run.cli", "run", "--resume",
+                           str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "results.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3, 4]
+    assert (summary["status"], summary["completed_rounds"]) == ("finished", 4)
+    assert not (out / ".lock").exists()

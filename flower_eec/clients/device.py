@@ -8,7 +8,9 @@ The user's functions give the device its model and data from its ``Context`` (no
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -28,6 +30,8 @@ ModelFn = Callable[[Context], nn.Module]
 DataFn = Callable[[Context], Images]
 Handler = Callable[[Message, Context], Message]
 KEPT_MODEL = "model"  # context.state key of the model a device keeps between rounds
+KEPT_STATE = "kept"  # context.state key of the round that model is from
+CHECKPOINT_ENV = "FLOWER_EEC_CHECKPOINT_DIR"
 
 
 def partition_id(context: Context) -> int:
@@ -43,6 +47,12 @@ def partition_id(context: Context) -> int:
 def round_generator(seed: int, server_round: int, device: int) -> torch.Generator:
     """One random stream per (seed, round, device): reruns reproduce, devices and rounds differ."""
     return torch.Generator().manual_seed((seed * 1_000_003 + server_round) * 100_003 + device)
+
+
+def _kept_round(context: Context) -> int:
+    record = context.state.config_records.get(KEPT_STATE)
+    value = record.get(names.KEPT_ROUND) if record is not None else None
+    return int(value) if isinstance(value, int) else 0
 
 
 def reply(msg: Message, metrics: dict[str, Any], **records: ArrayRecord) -> Message:
@@ -89,18 +99,61 @@ class Device:
         """A fresh model from ``model_fn``, on ``torch_device``."""
         return self.model_fn(context).to(self.torch_device)
 
-    def kept_model(self, context: Context) -> nn.Module:
-        """The model this device keeps between rounds in ``context.state`` (first time: fresh)."""
-        model = self.model(context)
-        if KEPT_MODEL in context.state.array_records:
-            state = context.state.array_records[KEPT_MODEL].to_torch_state_dict()
-            model.load_state_dict(state)
-        return model
+    def kept_model(self, context: Context, expected: int = -1) -> tuple[nn.Module, int]:
+        """The model this device kept after round ``expected`` (0: a fresh one; -1: whatever
+        it kept last), and the round it is really from (0: fresh).
 
-    @staticmethod
-    def keep(context: Context, model: nn.Module) -> None:
-        """Store the device's model for its next message."""
+        ``context.state`` holds the last model kept, with its round. When that is not the
+        expected round (a late reply of a timed-out round can write an older state back; a
+        resumed run starts with an empty state), the model of that round is read from the
+        device's checkpoint folder (see ``checkpoint_dir``). Failing that, the device goes on
+        with what it has and says so: the returned round differs from ``expected``.
+        """
+        model = self.model(context)
+        have = _kept_round(context)
+        if expected in (have, -1):
+            if KEPT_MODEL in context.state.array_records:
+                model.load_state_dict(context.state.array_records[KEPT_MODEL]
+                                      .to_torch_state_dict())
+            return model, have
+        saved = self.kept_file(context, expected) if expected > 0 else None
+        if saved is not None and saved.is_file():
+            model.load_state_dict(torch.load(saved, weights_only=True))
+            return model, expected
+        if expected == 0 or KEPT_MODEL not in context.state.array_records:
+            return model, 0
+        model.load_state_dict(context.state.array_records[KEPT_MODEL].to_torch_state_dict())
+        return model, have
+
+    def keep(self, context: Context, model: nn.Module, server_round: int = 0,
+             keep_from: int = 0) -> None:
+        """Store the device's model after ``server_round`` for its next message, and in its
+        checkpoint folder if it has one (dropping files of rounds before ``keep_from``)."""
         context.state[KEPT_MODEL] = ArrayRecord(model.state_dict())
+        context.state[KEPT_STATE] = ConfigRecord({names.KEPT_ROUND: server_round})
+        folder = self.kept_file(context, server_round)
+        if folder is None or server_round <= 0:
+            return
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        temporary = folder.with_name(f".{folder.name}.tmp")
+        torch.save(model.state_dict(), temporary)
+        os.replace(temporary, folder)
+        for old in folder.parent.glob("round-*.pt"):
+            if int(old.stem.split("-")[1]) < min(keep_from, server_round):
+                old.unlink(missing_ok=True)
+
+    def checkpoint_dir(self, context: Context) -> Path | None:
+        """Where this node keeps its models of past rounds: the node config's
+        ``checkpoint-dir``, else the environment's ``FLOWER_EEC_CHECKPOINT_DIR``, else none."""
+        folder = context.node_config.get(names.CHECKPOINT_DIR) or os.environ.get(CHECKPOINT_ENV)
+        return Path(str(folder)) if folder else None
+
+    def kept_file(self, context: Context, server_round: int) -> Path | None:
+        """The file of the model kept after ``server_round`` (None without a folder)."""
+        folder = self.checkpoint_dir(context)
+        if folder is None:
+            return None
+        return folder / f"device-{partition_id(context)}" / f"round-{server_round}.pt"
 
     def test_data(self, context: Context) -> Images:
         """The local test data (a ``PayloadError`` when the device was given none)."""

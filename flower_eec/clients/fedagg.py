@@ -190,26 +190,30 @@ class FedAggDevice(Device):
         if s.augment:
             real = augment(real, round_generator(s.seed, 0 if fidelity else server_round, device),
                            cutout=s.cutout)
-        model = self.kept_model(context)
+        model, kept_round = self.kept_model(context, knobs.get(names.KEPT_ROUND, int))
         samples = self.samples(context, data, fp16, raw=fidelity)
         metrics: dict[str, Any] = distil_pass(
             model, samples, data.y, torch.from_numpy(teacher.logits), settings, real=real,
             gamma=knobs.get(names.GAMMA, float), shuffle=not fidelity,
             generator=round_generator(s.seed, server_round, device))
         own = logits_on(model, samples, knobs.get(names.LOGITS_BATCH, int), bn_train=fidelity)
-        self.keep(context, model)
+        self.keep(context, model, server_round, knobs.get(names.KEEP_FROM, int))
         metrics.update({names.NUM_EXAMPLES: len(data),
                         "compute_s": time.perf_counter() - started})
-        return reply(msg, metrics,
-                     **{names.LOGITS: to_record(LogitsPayload(own.numpy()), fp16=fp16)})
+        answer = reply(msg, metrics,
+                       **{names.LOGITS: to_record(LogitsPayload(own.numpy()), fp16=fp16)})
+        answer.content[names.KEPT] = ConfigRecord({names.KEPT_ROUND: kept_round})
+        return answer
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         """``evaluate.kept``: loss and accuracy of the kept model on the local test data
         (``fidelity``: BatchNorm in training mode, as the demo tests)."""
         knobs = Knobs.of(msg)
-        model = self.kept_model(context)
+        model, kept_round = self.kept_model(context, knobs.get(names.KEPT_ROUND, int))
         data = self.test_data(context)
         metrics: dict[str, Any] = evaluate(model, data, knobs.get(names.EVAL_BATCH_SIZE, int),
                                            bn_train=knobs.get(names.FIDELITY, bool))
         metrics[names.NUM_EXAMPLES] = len(data)
-        return reply(msg, metrics)
+        answer = reply(msg, metrics)
+        answer.content[names.KEPT] = ConfigRecord({names.KEPT_ROUND: kept_round})
+        return answer

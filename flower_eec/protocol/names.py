@@ -37,6 +37,7 @@ NUM_TEST = "num-test"
 MODEL = "model"
 HANDLERS = "handlers"  # the message types this ClientApp answers (list of str)
 SERVER_ROUND = "server-round"
+CHECKPOINT_DIR = "checkpoint-dir"  # node config: the folder where a device keeps past models
 NUM_EXAMPLES = "num-examples"
 EVAL_BATCH_SIZE = "eval-batch-size"  # images per no-grad forward pass (evaluating, routing)
 
@@ -63,6 +64,10 @@ SKR_SWAP = "skr-swap"  # bool: SKR's swap rule
 LOGITS_BATCH = "logits-batch"  # samples per no-grad pass of the device's logits
 NUM_CLASSES = "num-classes"  # outputs of the model's head (FedAgg: logits per bridge sample; ECLM)
 BRIDGE_DIGEST = "bridge-digest"  # the server's bridge (weights digest): the device's must match
+KEPT_ROUND = "kept-round"  # train.distil/evaluate.kept: the round of the kept model to use (0:
+# a fresh one); in the reply's ``kept`` record: the round of the model the device really used
+KEPT = "kept"  # the reply record (ConfigRecord) that holds KEPT_ROUND
+KEEP_FROM = "keep-from"  # train.distil: kept models of earlier rounds may be dropped from disk
 DATA_MEAN = "mean"  # query.embed reply: the per-channel mean of the device's data
 DATA_STD = "std"  # query.embed reply: the per-channel std of the device's data
 

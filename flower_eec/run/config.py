@@ -105,6 +105,15 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints in the results folder: after every ``every`` rounds and the last (0: none).
+
+    A run with ``resume=true`` (``flower-eec run --resume DIR``) goes on from the last one."""
+
+    every: int = 1
+
+
+@dataclass
 class SimulationConfig:
     """Flower Simulation Engine settings and server-side compute.
 
@@ -131,12 +140,14 @@ class Config:
     seed: int = 0
     out: str = ""
     overwrite: bool = False
+    resume: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __getattr__(self, name: str) -> Any:
         """A method's own section (``config.fedagg``): a run's config is a ``config_class()``,
@@ -419,6 +430,8 @@ def validate(config: Config) -> None:
     check(d.min_size >= 1, "data.min_size", d.min_size, ">= 1")
     check(d.classes_per_device >= 1, "data.classes_per_device", d.classes_per_device, ">= 1")
     check(config.eval.every >= 1, "eval.every", config.eval.every, ">= 1")
+    check(config.checkpoint.every >= 0, "checkpoint.every", config.checkpoint.every,
+          ">= 0 (0: no checkpoints)")
     check(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")
     sim = config.simulation
     check(sim.torch_threads >= 1, "simulation.torch_threads", sim.torch_threads, ">= 1")

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import resource
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -37,7 +38,8 @@ def peak_rss_mb() -> float:
     return round((own + children) / 1024, 1)
 
 
-RESULT_FILES = ("results.json", "metrics.csv", "accuracy.png", "comm.png")
+RESULT_FILES = ("results.json", "metrics.csv", "accuracy.png", "comm.png", "checkpoint.pt")
+RESULT_DIRS = ("models", "devices")  # final models; the devices' checkpoints in simulation
 LOCK = ".lock"
 PLOT_EVERY_S = 10.0  # plots are redrawn at most this often while a run goes on, and at its end
 
@@ -50,14 +52,15 @@ class Recorder:
     ``metrics.csv`` are rewritten (atomically: write, then rename) after every round, the plots
     too (at most every ``PLOT_EVERY_S`` seconds, and at the end). A folder that holds an earlier
     run is refused unless ``overwrite``, and a lock file keeps a second run out while this one
-    lives (a lock whose process is gone is taken over).
+    lives (a lock whose process is gone is taken over). ``resume`` goes on in a folder that
+    holds a run, keeping its files.
 
     Raises:
         ConfigError: ``out`` holds a run (and not ``overwrite``), or a live run writes there.
     """
 
     def __init__(self, config: Config, out: str | Path | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, resume: bool = False) -> None:
         self.config = config
         self.out = Path(out) if out else None
         self.rounds: list[dict[str, Any]] = []
@@ -67,7 +70,11 @@ class Recorder:
         self.notes: dict[str, Any] = {}
         self.status: dict[str, Any] = {"status": "running"}
         if self.out:
-            claim(self.out, overwrite)
+            claim(self.out, overwrite or resume, keep=resume)
+
+    def restore(self, rounds: list[dict[str, Any]], notes: dict[str, Any]) -> None:
+        """Go on from a checkpoint's records (a resumed run)."""
+        self.rounds, self.notes = list(rounds), dict(notes)
 
     def note(self, name: str, value: Any) -> None:
         """Add a top-level section to results.json (e.g. a method's offline-stage report)."""
@@ -158,19 +165,21 @@ class Recorder:
         return summary
 
 
-def claim(out: Path, overwrite: bool) -> None:
+def claim(out: Path, overwrite: bool, keep: bool = False) -> None:
     """Make ``out`` this run's: refuse a folder that holds a run (unless ``overwrite``, which
-    removes its result files), and take its lock (refused while the lock's process lives)."""
+    removes its result files, or ``keep``), and take its lock (refused while the lock's process
+    lives)."""
     out.mkdir(parents=True, exist_ok=True)
     lock = out / LOCK
     holder = _live_holder(lock)
     if holder is not None:
         raise ConfigError(f"another run ({holder}) is writing into {out}: choose another "
                           f"--out, or wait for it to end (if it is gone, delete {lock})")
-    previous = [name for name in RESULT_FILES if (out / name).exists()]
+    previous = [name for name in (*RESULT_FILES, *RESULT_DIRS) if (out / name).exists()]
     if previous and not overwrite:
-        raise ConfigError(f"{out} already holds a run ({', '.join(previous)}): choose another "
-                          "--out, or pass --overwrite (run config: overwrite=true) to replace it")
+        raise ConfigError(f"{out} already holds a run ({', '.join(previous)}): go on with it "
+                          "with --resume (run config: resume=true), replace it with --overwrite "
+                          "(overwrite=true), or choose another --out")
     lock.unlink(missing_ok=True)  # a lock whose process is gone
     try:
         descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -179,8 +188,11 @@ def claim(out: Path, overwrite: bool) -> None:
                           "--out") from None
     with os.fdopen(descriptor, "w") as handle:
         json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
-    for name in previous:
-        (out / name).unlink()
+    for name in [] if keep else previous:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
 
 
 def _live_holder(lock: Path) -> str | None:

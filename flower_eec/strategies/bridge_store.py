@@ -39,6 +39,7 @@ class BridgeStore:
         self._samples: dict[int, torch.Tensor] = {}
         self._labels: dict[int, torch.Tensor] = {}
         self._codes_bytes: dict[int, int] = {}
+        self._payloads: dict[int, EmbeddingPayload] = {}
 
     def add(self, device: int, payload: EmbeddingPayload, wire_bytes: int) -> None:
         """Decode and keep a device's codes (replacing what it had); ``wire_bytes`` as received."""
@@ -47,6 +48,17 @@ class BridgeStore:
                                        self.batch_size).to(self.device)
         self._labels[device] = torch.from_numpy(payload.labels)
         self._codes_bytes[device] = wire_bytes
+        self._payloads[device] = payload
+
+    def state(self) -> dict[int, tuple[EmbeddingPayload, int]]:
+        """Every device's codes and labels as received, with their bytes on the wire."""
+        return {d: (self._payloads[d], self._codes_bytes[d]) for d in self.devices()}
+
+    def load_state(self, state: dict[int, tuple[EmbeddingPayload, int]]) -> None:
+        """Hold exactly ``state()``'s devices again (decoding their codes as ``add`` does)."""
+        self._samples, self._labels, self._codes_bytes, self._payloads = {}, {}, {}, {}
+        for device, (payload, wire_bytes) in state.items():
+            self.add(device, payload, wire_bytes)
 
     def __contains__(self, device: object) -> bool:
         return device in self._samples

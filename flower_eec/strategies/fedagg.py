@@ -15,6 +15,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, cast
 
@@ -69,6 +70,41 @@ def wire(logits: torch.Tensor, fp16: bool) -> tuple[torch.Tensor, int]:
     return received, payload_bytes(record)
 
 
+@dataclass
+class KeptModels:
+    """What FedAgg's server knows of the models its devices keep between rounds.
+
+    ``expected[d]``: the round whose model device ``d`` must start from (its last accepted
+    ``train.distil``; 0: none yet). Every message says so (``kept-round``), and every reply says
+    which round's model the device really used; a mismatch (e.g. a late reply of a timed-out
+    round wrote an older state back, and the device had no checkpoint of the expected round) is
+    logged with the rounds concerned and noted in ``mismatches`` for the round's report.
+    """
+
+    expected: dict[int, int] = field(default_factory=dict)
+    keep_from: int = 0  # devices may drop their kept models of earlier rounds
+    mismatches: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def knobs(self, device: int) -> dict[str, int]:
+        """The ``config`` entries of a message to ``device``."""
+        return {names.KEPT_ROUND: self.expected.get(device, 0), names.KEEP_FROM: self.keep_from}
+
+    def check(self, device: int, reply: Message, trained_round: int | None = None) -> None:
+        """Compare what ``reply`` says the device used with what it should have; after an
+        accepted train reply (``trained_round``), the device keeps that round's model."""
+        record = reply.content.config_records.get(names.KEPT)
+        used = record.get(names.KEPT_ROUND) if record is not None else None
+        expected = self.expected.get(device, 0)
+        if isinstance(used, int) and used != expected:
+            self.mismatches[device] = (used, expected)
+            log(WARNING, "Device %d used its model of round %d, not of round %d as expected%s",
+                device, used, expected,
+                f": its training of rounds {used + 1}-{expected} is lost" if used < expected
+                else "")
+        if trained_round is not None:
+            self.expected[device] = trained_round
+
+
 class BridgeEdge(Strategy):
     """A parent of devices in FedAgg: an edge (or the cloud, for devices attached to it directly).
 
@@ -114,8 +150,9 @@ class BridgeEdge(Strategy):
                  fidelity: bool = False, logits_batch: int = 500, seed: int = 0,
                  name: str = "edge", distil_config: Mapping[str, Any] | None = None,
                  evaluate_config: Mapping[str, Any] | None = None,
-                 evaluate_devices: bool = True) -> None:
+                 evaluate_devices: bool = True, kept: KeptModels | None = None) -> None:
         self.model = model
+        self.kept = kept or KeptModels()
         self.name = name
         self.num_classes = num_classes
         self.store = store
@@ -171,6 +208,7 @@ class BridgeEdge(Strategy):
             content = RecordDict({
                 names.TEACHER: to_record(payload, fp16=self.fp16),
                 names.CONFIG: ConfigRecord({**config, **self.distil_config,
+                                            **self.kept.knobs(device),
                                             names.SERVER_ROUND: server_round}),
             })
             messages.append(Message(content, dst_node_id=node, message_type=names.DISTIL))
@@ -190,6 +228,7 @@ class BridgeEdge(Strategy):
         for reply in replies:
             device = self.device_of[reply.metadata.src_node_id]
             payload = read_logits(reply, self.store.num_samples(device), self.num_classes)
+            self.kept.check(device, reply, server_round)
             teacher = torch.from_numpy(payload.logits)
             passes.append(MetricRecord(dict[str, Any](
                 self.learn([device], teacher, server_round * 100_003 + device))))
@@ -205,15 +244,18 @@ class BridgeEdge(Strategy):
         if not self.evaluate_devices:
             return []
         knobs = {**config, **self.evaluate_config, names.SERVER_ROUND: server_round}
-        return [Message(RecordDict({names.CONFIG: ConfigRecord(knobs)}), dst_node_id=node,
-                        message_type=names.EVALUATE_KEPT)
+        return [Message(RecordDict({names.CONFIG: ConfigRecord(
+                    {**knobs, **self.kept.knobs(self.device_of[node])})}),
+                        dst_node_id=node, message_type=names.EVALUATE_KEPT)
                 for node in grid.get_node_ids()]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         """Example-weighted mean of the devices' metrics."""
-        return mean_metrics([r for r in replies if not r.has_error()
-                             and metric_problem(r.content) is None])
+        valid = [r for r in replies if not r.has_error() and metric_problem(r.content) is None]
+        for reply in valid:
+            self.kept.check(self.device_of[reply.metadata.src_node_id], reply)
+        return mean_metrics(valid)
 
 
 def read_logits(reply: Message, num_samples: int, num_classes: int) -> LogitsPayload:
@@ -362,6 +404,7 @@ class FedAgg(Hierarchical):
             names.NUM_CLASSES: num_classes}
         self.evaluate_config: dict[str, Any] = {names.EVAL_BATCH_SIZE: batch,
                                                 names.FIDELITY: fidelity}
+        self.kept = KeptModels()
         self._distil_errors: list[Message] = []  # this round's error replies to train.distil
         self._distil_replies = 0
 
@@ -379,7 +422,7 @@ class FedAgg(Hierarchical):
                               name="cloud" if group == CLOUD_DIRECT else f"edge{group}",
                               distil_config=self.distil_config,
                               evaluate_config=self.evaluate_config,
-                              evaluate_devices=evaluate_devices)
+                              evaluate_devices=evaluate_devices, kept=self.kept)
 
         super().__init__(edge=tier, topology=topology, **kwargs)
         self.bridges = cast(dict[int, BridgeEdge], self.edges)  # the same objects, typed
@@ -398,6 +441,36 @@ class FedAgg(Hierarchical):
     def device_of(self, value: dict[int, int]) -> None:
         self._device_of.clear()
         self._device_of.update(value)
+
+    def state(self) -> dict[str, Any]:
+        """The bridge store (as codes), every tier's model (cloud and edges) and the devices
+        it holds, and the rounds of the devices' kept models."""
+        return {"store": self.store.state(),
+                "tiers": {group: {"model": tier.model.state_dict(),
+                                  "members": sorted(tier.members)}
+                          for group, tier in self.bridges.items()},
+                "kept": dict(self.kept.expected)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take back ``state()``'s (the store's codes are decoded again)."""
+        self.store.load_state(state["store"])
+        for group, saved in state["tiers"].items():
+            self.bridges[group].model.load_state_dict(saved["model"])
+            self.bridges[group].members = set(saved["members"])
+        self.kept.expected = dict(state["kept"])
+        self.kept.keep_from = self.last_checkpoint
+
+    def models(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The cloud's model and every edge's."""
+        return {"cloud": self.cloud_model.state_dict(),
+                **{f"edge-{g}": tier.model.state_dict() for g, tier in self.bridges.items()
+                   if g != CLOUD_DIRECT}}
+
+    def end_round(self, report: RoundReport) -> None:
+        """The round's devices whose kept model was not of the expected round."""
+        report.stale = dict(self.kept.mismatches)
+        self.kept.mismatches.clear()
+        self.kept.keep_from = self.last_checkpoint
 
     def summary(self) -> None:
         """Log the tiers and the schedule."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -63,6 +64,7 @@ class RoundReport:
     cloud_metrics: dict[str, float] = field(default_factory=dict)
     link_bytes: dict[str, int] = field(default_factory=dict)
     server_s: float = 0.0
+    stale: dict[int, tuple[int, int]] = field(default_factory=dict)  # device: (used, expected)
 
     def count(self, messages: list[Message], replies: list[Message],
               group_of: dict[int, int]) -> None:
@@ -169,6 +171,7 @@ class Hierarchical(Strategy):
         self.edge_arrays: dict[int, ArrayRecord] = {}
         self.reference = ArrayRecord()
         self.cloud_arrays = ArrayRecord()  # the cloud model the current round started from
+        self.last_checkpoint = 0  # the round of the run's last checkpoint (set by the run)
         # kind -> (server_round, node -> group) of the last configure_train/configure_evaluate
         self.sent: dict[str, tuple[int, dict[int, int]]] = {}
         self._sat_out: set[tuple[int, int]] = set()  # (cloud round, group) already logged
@@ -427,13 +430,18 @@ class Hierarchical(Strategy):
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,
               evaluate_config: ConfigRecord | None = None,
-              evaluate_fn: EvaluateFn | None = None) -> Result:
+              evaluate_fn: EvaluateFn | None = None, *, first_round: int = 1,
+              state: dict[str, Any] | None = None) -> Result:
         """Run ``num_rounds`` cloud rounds; returns Flower's ``Result`` (cloud arrays, metrics).
 
         As in Flower, ``evaluate_fn`` is called with round 0 and the initial arrays before
         round 1 (its result is ``Result.evaluate_metrics_serverapp[0]``; ``on_round`` is not
         called for it), then after every evaluated cloud round. ``train_config`` and
         ``evaluate_config`` entries travel to the devices.
+
+        To resume a run after its round ``k``: ``initial_arrays`` the cloud arrays after round
+        ``k`` (``cloud_arrays`` then), ``state`` what ``state()`` returned then, and
+        ``first_round=k + 1``; rounds ``k + 1 .. num_rounds`` then run as they would have.
 
         Raises:
             ValueError: ``train_config``/``evaluate_config`` set one of ``device_knobs()`` to
@@ -453,28 +461,49 @@ class Hierarchical(Strategy):
         self.place(grid)
         self.reference = initial_arrays
         self.setup(grid, timeout)
+        if state is not None:
+            self.load_state(state)
         result = Result(arrays=initial_arrays)
-        if evaluate_fn is not None:
+        self.cloud_arrays = initial_arrays
+        if evaluate_fn is not None and first_round == 1:
             initial = evaluate_fn(0, initial_arrays)
             log(INFO, "Initial global evaluation results: %s", initial)
             if initial is not None:
                 result.evaluate_metrics_serverapp[0] = initial
         cloud = initial_arrays
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(first_round, num_rounds + 1):
             report = RoundReport(round=server_round)
             cloud, train_metrics = self.cloud_round(grid, server_round, cloud, train_config,
                                                     timeout, report)
-            result.arrays = cloud
+            result.arrays = self.cloud_arrays = cloud
             if train_metrics is not None:
                 result.train_metrics_clientapp[server_round] = train_metrics
             if server_round % self.evaluate_every == 0 or server_round == num_rounds:
                 self.evaluate_round(grid, server_round, cloud, evaluate_config, timeout,
                                     evaluate_fn, report, result)
+            self.end_round(report)
             log(INFO, "[ROUND %d/%d] %d devices, %d failed, cloud %s", server_round,
                 num_rounds, report.participants, report.failures, report.cloud_metrics)
             if self.on_round:
                 self.on_round(report)
         return result
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs of this strategy besides the cloud arrays (see ``start``):
+        nothing here, as every edge round starts from the cloud model and the topology is a
+        function of the round. Strategies that keep more across rounds (models, stores) return
+        it; stateful edge strategies (e.g. FedAdam's moments) start afresh on resume."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take back what ``state()`` returned (``start`` calls it after ``setup``)."""
+
+    def end_round(self, report: RoundReport) -> None:
+        """Complete the round's report before it is logged and handed to ``on_round``."""
+
+    def models(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The models a run ends with, by name, as state dicts: the cloud's here."""
+        return {"cloud": self.cloud_arrays.to_torch_state_dict()}
 
     def setup(self, grid: Grid, timeout: float) -> None:
         """Called once after the devices are discovered, before round 1 (nothing to do here).

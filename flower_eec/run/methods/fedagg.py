@@ -27,7 +27,7 @@ from flower_eec.run.devices import (
     test_data,
     train_data,
 )
-from flower_eec.run.experiment import hierarchical_options, start_point
+from flower_eec.run.experiment import hierarchical_options, start_hierarchical, start_point
 from flower_eec.run.federated import federated_data
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
@@ -188,8 +188,7 @@ def _run(build: Callable[..., FedAgg], config: Config, grid: MeteredGrid,
          recorder: Recorder) -> None:
     evaluate_fn, initial = start_point(config)
     strategy = build(config, initial, **hierarchical_options(config, grid, recorder))
-    strategy.start(grid, initial, num_rounds=config.train.rounds,
-                   timeout=config.simulation.timeout, evaluate_fn=evaluate_fn)
+    start_hierarchical(strategy, grid, config, recorder, initial, evaluate_fn)
 
 
 def run_fedagg(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
@@ -208,12 +207,25 @@ def app_bridge(context: Context) -> BridgeAutoencoder:
     return bridge(config.fedagg.bridge_weights)
 
 
+class AppFedAggDevice(FedAggDevice):
+    """Our ClientApp's FedAgg/FedEEC device: without a checkpoint folder of the node's own, it
+    keeps its past models under the run's results folder (``out``/devices) when the run config
+    names one (as ``flower-eec run`` does; simulation: one machine)."""
+
+    def checkpoint_dir(self, context: Context) -> Path | None:
+        folder = super().checkpoint_dir(context)
+        if folder is None:
+            config, _, _ = device_setup(context)
+            return Path(config.out) / "devices" if config.out else None
+        return folder
+
+
 def app_device() -> FedAggDevice:
     """Our ClientApp's FedAgg/FedEEC device."""
-    return FedAggDevice(device_model, train_data, test_data, bridge=app_bridge)
+    return AppFedAggDevice(device_model, train_data, test_data, bridge=app_bridge)
 
 
-FEDAGG = Method(name="fedagg", run=run_fedagg, device=app_device, bridge=True,
+FEDAGG = Method(name="fedagg", run=run_fedagg, device=app_device, bridge=True, resumable=True,
                 sections={"fedagg": FedAggConfig}, check=check_fedagg)
-FEDEEC = Method(name="fedeec", run=run_fedeec, device=app_device, bridge=True,
+FEDEEC = Method(name="fedeec", run=run_fedeec, device=app_device, bridge=True, resumable=True,
                 sections={"fedagg": FedAggConfig, "fedeec": FedEECConfig}, check=check_fedeec)

@@ -14,6 +14,7 @@ from flower_eec.run.experiment import (
     flat_rounds,
     hierarchical_options,
     round_recorder,
+    start_hierarchical,
     start_point,
     train_settings,
 )
@@ -30,10 +31,8 @@ def run_hierfavg(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
     strategy = HierFedAvg(edge_rounds=config.train.edge_rounds,
                           evaluate_devices=config.eval.devices,
                           **hierarchical_options(config, grid, recorder))
-    strategy.start(grid, initial, num_rounds=config.train.rounds,
-                   timeout=config.simulation.timeout,
-                   train_config=ConfigRecord(train_settings(config).to_config()),
-                   evaluate_fn=evaluate_fn)
+    start_hierarchical(strategy, grid, config, recorder, initial, evaluate_fn,
+                       train_config=ConfigRecord(train_settings(config).to_config()))
 
 
 def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
@@ -88,4 +87,4 @@ def app_device() -> WeightsDevice:
 
 
 FEDAVG = Method(name="fedavg", run=run_fedavg, device=app_device)
-HIERFAVG = Method(name="hierfavg", run=run_hierfavg, device=app_device)
+HIERFAVG = Method(name="hierfavg", run=run_hierfavg, device=app_device, resumable=True)

@@ -1,0 +1,103 @@
+"""Checkpoint and resume on the in-process grid: a run killed after round k and resumed gives the
+rounds of the uninterrupted run, to the bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from flower_eec.app.client_app import app
+from flower_eec.errors import ConfigError
+from flower_eec.grid.local import LocalGrid
+from flower_eec.run import experiment
+from flower_eec.run.config import Config, resolve, to_json
+
+SAME = ("round", "cloud", "edges", "devices", "comm_bytes")
+
+
+class KilledGrid(LocalGrid):
+    """A grid that goes away at the train exchange of round ``kill_at`` (as a killed run's)."""
+
+    def __init__(self, config: Config, kill_at: int | None = None) -> None:
+        super().__init__(app, config.topology.num_devices, {"config-json": to_json(config)})
+        self.kill_at, self.rounds = kill_at, 0
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type.startswith("train"):
+            round_ = int(messages[0].content.config_records["config"]["server-round"])
+            if round_ == self.kill_at:
+                raise KeyboardInterrupt("killed")
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def config_of(method: str, out: Path, rounds: int, **overrides: Any) -> Config:
+    return resolve(method, {"profile": "smoke", "out": str(out), "train": {"rounds": rounds},
+                            **overrides})
+
+
+def killed_and_resumed(method: str, tmp_path: Path, rounds: int, kill_at: int,
+                       **overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    whole = config_of(method, tmp_path / "whole", rounds, **overrides)
+    uninterrupted = experiment.run(KilledGrid(whole), whole)
+
+    cut = config_of(method, tmp_path / "cut", rounds, **overrides)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(KilledGrid(cut, kill_at=kill_at), cut)
+    saved = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert (saved["status"], saved["completed_rounds"]) == ("failed", kill_at - 1)
+
+    again = config_of(method, tmp_path / "cut", rounds, resume=True, **overrides)
+    resumed = experiment.run(KilledGrid(again), again)  # a new grid: devices start afresh
+    return uninterrupted, resumed
+
+
+def assert_same_rounds(uninterrupted: dict[str, Any], resumed: dict[str, Any]) -> None:
+    assert [r["round"] for r in resumed["rounds"]] == [r["round"] for r in
+                                                       uninterrupted["rounds"]]
+    for whole, cut in zip(uninterrupted["rounds"], resumed["rounds"], strict=True):
+        for key in SAME:
+            assert cut.get(key) == whole.get(key), (whole["round"], key)
+    assert resumed["status"] == "finished"
+    assert resumed["final"]["cloud_accuracy"] == uninterrupted["final"]["cloud_accuracy"]
+
+
+def test_hierfavg_killed_after_round_2_and_resumed_is_the_uninterrupted_run(
+        tmp_path: Path) -> None:
+    uninterrupted, resumed = killed_and_resumed("hierfavg", tmp_path, rounds=4, kill_at=3)
+    assert_same_rounds(uninterrupted, resumed)
+    cloud = torch.load(tmp_path / "cut" / "models" / "cloud.pt")
+    assert all(torch.equal(cloud[k], v) for k, v in
+               torch.load(tmp_path / "whole" / "models" / "cloud.pt").items())
+
+
+@pytest.mark.parametrize(("method", "overrides"), [
+    ("fedagg", {}),
+    ("fedeec", {"topology": {"mobility": 0.5}}),
+])
+def test_fedagg_family_killed_and_resumed_is_the_uninterrupted_run(
+        method: str, overrides: dict[str, Any], tmp_path: Path) -> None:
+    uninterrupted, resumed = killed_and_resumed(method, tmp_path, rounds=3, kill_at=3,
+                                                **overrides)
+    assert_same_rounds(uninterrupted, resumed)
+    assert all("stale" not in r["devices"] for r in resumed["rounds"])
+    names = sorted(p.name for p in (tmp_path / "cut" / "models").iterdir())
+    assert names == ["cloud.pt", "edge-0.pt", "edge-1.pt"]
+    # the devices kept their models of the checkpoint's round and after, under the run folder
+    kept = sorted(p.name for p in (tmp_path / "cut" / "devices" / "device-0").iterdir())
+    assert kept == ["round-2.pt", "round-3.pt"]
+
+
+def test_resume_needs_a_checkpoint_and_rounds_left(tmp_path: Path) -> None:
+    config = config_of("hierfavg", tmp_path / "none", 2, resume=True)
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        experiment.run(KilledGrid(config), config)
+    done = config_of("hierfavg", tmp_path / "done", 2)
+    experiment.run(KilledGrid(done), done)
+    again = config_of("hierfavg", tmp_path / "done", 2, resume=True)
+    with pytest.raises(ConfigError, match="of round 2, and the run has 2 rounds"):
+        experiment.run(KilledGrid(again), again)
