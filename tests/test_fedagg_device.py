@@ -357,3 +357,34 @@ def test_kept_model_survives_between_messages() -> None:
     fresh = my_model(grid.contexts[1000]).state_dict()
     assert len(kept) == 4 and any(
         not torch.equal(fresh[k], kept[0].to_torch_state_dict()[k]) for k in fresh)
+
+
+@pytest.mark.parametrize("with_checkpoints", [False, True])
+def test_a_device_state_rolled_back_is_caught_or_restored_from_disk(
+        with_checkpoints: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a late reply of a timed-out round does under Ray: device 2's state goes back to
+    round 1 after round 2. With a checkpoint folder it loads its round-2 model from disk;
+    without, it goes on from round 1 and the server says so."""
+    if with_checkpoints:
+        monkeypatch.setenv("FLOWER_EEC_CHECKPOINT_DIR", str(tmp_path))
+    strategy = my_strategy()
+    grid = LocalGrid(my_app(), 4)
+    node = sorted(grid.get_node_ids())[2]
+    saved: dict[str, Any] = {}
+    reports: list[RoundReport] = []
+
+    def roll_back(report: RoundReport) -> None:
+        reports.append(report)
+        state = grid.contexts[node].state
+        if report.round == 1:
+            saved.update(model=state.array_records["model"], kept=state.config_records["kept"])
+        if report.round == 2:
+            state["model"], state["kept"] = saved["model"], saved["kept"]
+
+    strategy.on_round = roll_back
+    strategy.start(grid, server_side.state_record(strategy.cloud_model), num_rounds=3,
+                   timeout=60)
+
+    assert [r.failures for r in reports] == [0, 0, 0]
+    assert reports[2].stale == ({} if with_checkpoints else {2: (1, 2)})
+    assert strategy.kept.expected == {0: 3, 1: 3, 2: 3, 3: 3}
