@@ -4,17 +4,22 @@ rounds of the uninterrupted run, to the bit."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import FedAvg
+from test_hierarchical import FakeDevices, initial
 
 from flower_eec.app.client_app import app
 from flower_eec.errors import ConfigError
 from flower_eec.grid.local import LocalGrid
 from flower_eec.run import experiment
 from flower_eec.run.config import Config, resolve, to_json
+from flower_eec.run.resumable import flat_loop
 
 SAME = ("round", "cloud", "edges", "devices", "comm_bytes")
 
@@ -66,9 +71,8 @@ def assert_same_rounds(uninterrupted: dict[str, Any], resumed: dict[str, Any]) -
     assert resumed["final"]["cloud_accuracy"] == uninterrupted["final"]["cloud_accuracy"]
 
 
-def test_hierfavg_killed_after_round_2_and_resumed_is_the_uninterrupted_run(
-        tmp_path: Path) -> None:
-    uninterrupted, resumed = killed_and_resumed("hierfavg", tmp_path, rounds=4, kill_at=3)
+def test_hierfavg_killed_and_resumed_is_the_uninterrupted_run(tmp_path: Path) -> None:
+    uninterrupted, resumed = killed_and_resumed("hierfavg", tmp_path, rounds=3, kill_at=2)
     assert_same_rounds(uninterrupted, resumed)
     cloud = torch.load(tmp_path / "cut" / "models" / "cloud.pt")
     assert all(torch.equal(cloud[k], v) for k, v in
@@ -90,6 +94,48 @@ def test_fedagg_family_killed_and_resumed_is_the_uninterrupted_run(
     # the devices kept their models of the checkpoint's round and after, under the run folder
     kept = sorted(p.name for p in (tmp_path / "cut" / "devices" / "device-0").iterdir())
     assert kept == ["round-1.pt", "round-2.pt"]
+
+
+@pytest.mark.parametrize(("method", "overrides"), [
+    ("fedin", {}),
+    ("fedin", {"fedin": {"hierarchical": True}}),
+    ("fedavg", {}),
+])
+def test_fedin_and_flat_fedavg_killed_and_resumed_are_the_uninterrupted_run(
+        method: str, overrides: dict[str, Any], tmp_path: Path) -> None:
+    uninterrupted, resumed = killed_and_resumed(method, tmp_path, rounds=2, kill_at=2,
+                                                **overrides)
+    assert_same_rounds(uninterrupted, resumed)
+
+
+def test_the_flat_loop_is_flowers_start_round_for_round() -> None:
+    """What Flower's Strategy.start does, flat_loop does: same arrays and metrics, FedAvg."""
+
+    def run(loop: bool) -> tuple[ArrayRecord, list[Any]]:
+        seen: list[Any] = []
+        random.seed(5)
+        strategy = FedAvg(fraction_train=0.5, min_train_nodes=2, min_available_nodes=4)
+        grid = LocalGrid(FakeDevices(), 4)
+
+        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> None:
+            seen.append((server_round, arrays.to_numpy_ndarrays()[0].tolist()))
+
+        if loop:
+            arrays = flat_loop(strategy, grid, initial(), 1, 3, evaluate_fn=evaluate_fn)
+        else:
+            arrays = strategy.start(grid, initial(), num_rounds=3,
+                                    evaluate_fn=evaluate_fn).arrays
+        return arrays, seen
+
+    (ours, ours_seen), (flowers, flowers_seen) = run(True), run(False)
+    assert ours_seen == flowers_seen and len(ours_seen) == 4
+    assert ours.to_numpy_ndarrays()[0].tolist() == flowers.to_numpy_ndarrays()[0].tolist()
+
+
+def test_a_method_without_checkpoints_refuses_to_resume(tmp_path: Path) -> None:
+    config = config_of("eclm", tmp_path / "out", 2, resume=True)
+    with pytest.raises(ConfigError, match="method 'eclm' saves no checkpoints yet"):
+        experiment.run(KilledGrid(config), config)
 
 
 def test_resume_needs_a_checkpoint_and_rounds_left(tmp_path: Path) -> None:

@@ -6,21 +6,17 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime
-from logging import INFO
 from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
-from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
 
 from flower_eec.core.learning import evaluate, torch_device
 from flower_eec.errors import ConfigError
 from flower_eec.grid.metered import MeteredGrid, Traffic
 from flower_eec.protocol.knobs import TrainSettings
-from flower_eec.run import checkpoint
 from flower_eec.run.config import (
     Config,
     demo_fidelity,
@@ -31,7 +27,7 @@ from flower_eec.run.devices import build_device_model
 from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.run.results import Recorder
 from flower_eec.strategies.aggregation import scalars
-from flower_eec.strategies.hierarchical import Hierarchical, RoundReport
+from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.topology import Topology
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
@@ -149,51 +145,6 @@ def hierarchical_options(config: Config, grid: MeteredGrid, recorder: Recorder
     return {"topology": build_topology(config), "evaluate_edges": config.eval.edges,
             "evaluate_every": config.eval.every, "on_round": round_recorder(grid, recorder),
             "node_wait": config.simulation.node_wait}
-
-
-def start_hierarchical(strategy: Hierarchical, grid: MeteredGrid, config: Config,
-                       recorder: Recorder, initial: ArrayRecord,
-                       evaluate_fn: EvaluateFn | None = None, **options: Any) -> Result:
-    """``strategy.start`` for ``config.train.rounds`` rounds, with checkpoints in the results
-    folder every ``checkpoint.every`` rounds and after the last, and the final models saved
-    there. With ``config.resume`` the run goes on from the folder's checkpoint: its cloud
-    arrays, strategy state, random generators and recorded rounds. ``options`` go to ``start``.
-    """
-    out, every = recorder.out, config.checkpoint.every
-    first_round, state = 1, None
-    if config.resume:
-        assert out is not None
-        saved = checkpoint.load(out)
-        if saved.round >= config.train.rounds:
-            raise ConfigError(f"the checkpoint in {out} is of round {saved.round}, and the run "
-                              f"has {config.train.rounds} rounds: nothing is left to run (raise "
-                              "train.rounds to go on)")
-        recorder.restore(saved.rounds, saved.notes)
-        initial, state, first_round = saved.cloud, saved.strategy, saved.round + 1
-        strategy.last_checkpoint = saved.round
-        log(INFO, "Resuming %s from the checkpoint of round %d in %s", config.method,
-            saved.round, out)
-    recorded = strategy.on_round
-
-    def on_round(report: RoundReport) -> None:
-        if recorded is not None:
-            recorded(report)
-        last = report.round == config.train.rounds
-        if out is not None and every and (report.round % every == 0 or last):
-            checkpoint.save(out, checkpoint.Checkpoint(
-                report.round, strategy.cloud_arrays, strategy.state(), checkpoint.rng_state(),
-                recorder.rounds, recorder.notes))
-            strategy.last_checkpoint = report.round
-
-    strategy.on_round = on_round
-    if config.resume:
-        checkpoint.set_rng_state(saved.rng)  # as late as possible: as the run had them
-    result = strategy.start(grid, initial, num_rounds=config.train.rounds,
-                            timeout=config.simulation.timeout, evaluate_fn=evaluate_fn,
-                            first_round=first_round, state=state, **options)
-    if out is not None:
-        checkpoint.save_models(out, strategy.models())
-    return result
 
 
 def train_settings(config: Config) -> TrainSettings:

@@ -166,6 +166,14 @@ class FedIN(Strategy):
         return super().start(grid, initial_arrays, num_rounds, timeout, train_config,
                              evaluate_config, evaluate_fn)
 
+    def state(self) -> dict[str, Any]:
+        """What the next round needs: the feature batches kept from this round's replies."""
+        return {"store": dict(self.store)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take back ``state()``'s."""
+        self.store = dict(state["store"])
+
     def place(self, grid: Grid) -> None:
         """Match Flower nodes to the devices of ``model_of`` (sets ``device_of``)."""
         _, self.device_of = place_devices(grid, len(self.model_of), self.node_wait)
@@ -358,6 +366,15 @@ class HierFedIN(Hierarchical):
         super().__init__(edge=edge, topology=topology, **kwargs)
         self.edges: dict[int, FedIN]  # type: ignore[assignment]
         self.answered: set[str] = set()
+
+    def state(self) -> dict[str, Any]:
+        """Every edge's ``FedIN.state()``."""
+        return {"edges": {group: tier.state() for group, tier in self.edges.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take back ``state()``'s."""
+        for group, saved in state["edges"].items():
+            self.edges[group].load_state(saved)
 
     def device_knobs(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """FedIN's knobs, as every edge's ``FedIN`` sends them."""

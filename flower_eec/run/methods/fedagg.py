@@ -27,10 +27,11 @@ from flower_eec.run.devices import (
     test_data,
     train_data,
 )
-from flower_eec.run.experiment import hierarchical_options, start_hierarchical, start_point
+from flower_eec.run.experiment import hierarchical_options, start_point
 from flower_eec.run.federated import federated_data
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
+from flower_eec.run.resumable import start_hierarchical
 from flower_eec.strategies.fedagg import SCHEDULES, SKR_MODES, FedAgg
 from flower_eec.strategies.fedeec import FedEEC
 

@@ -44,6 +44,7 @@ from flower_eec.run.experiment import (
 from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
+from flower_eec.run.resumable import start_flat, start_hierarchical
 from flower_eec.strategies.aggregation import scalars
 from flower_eec.strategies.fedin import FedIN, HierFedIN, sub_record, tensor_spec
 from flower_eec.strategies.hierarchical import RoundReport
@@ -179,8 +180,7 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder, *,
                          edge_rounds=config.train.edge_rounds, evaluate_edges=config.eval.edges,
                          evaluate_every=config.eval.every, on_round=on_round,
                          node_wait=config.simulation.node_wait)
-        hier.start(grid, initial, num_rounds=config.train.rounds,
-                   timeout=config.simulation.timeout, evaluate_fn=evaluate_fn)
+        start_hierarchical(hier, grid, config, recorder, initial, evaluate_fn)
         return
 
     node_of, device_of = place_devices(grid, config.topology.num_devices,
@@ -199,8 +199,7 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder, *,
 
     on_evaluate = flat_rounds(config, evaluate_fn, round_recorder(
         grid, recorder, lambda _: {"fedin": fedin_stats([flat])}), devices)
-    flat.start(grid, initial, num_rounds=config.train.rounds, timeout=config.simulation.timeout,
-               evaluate_fn=on_evaluate)
+    start_flat(flat, grid, config, recorder, initial, on_evaluate)
 
 
 def depth_model(context: Context) -> ResNet:
@@ -217,6 +216,7 @@ def app_device() -> FedINDevice:
 
 
 FEDIN = Method(name="fedin", run=run_fedin, device=app_device, sections={"fedin": FedINConfig},
-               check=check_fedin)
+               check=check_fedin, resumable=True)
 HETEROAVG = Method(name="heteroavg", run=partial(run_fedin, exchange_features=False),
-                   device=app_device, sections={"fedin": FedINConfig}, check=check_fedin)
+                   device=app_device, sections={"fedin": FedINConfig}, check=check_fedin,
+                   resumable=True)

@@ -14,12 +14,12 @@ from flower_eec.run.experiment import (
     flat_rounds,
     hierarchical_options,
     round_recorder,
-    start_hierarchical,
     start_point,
     train_settings,
 )
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
+from flower_eec.run.resumable import start_flat, start_hierarchical
 from flower_eec.strategies.aggregation import scalars, weighted_metrics
 from flower_eec.strategies.hierarchical import RoundReport
 from flower_eec.strategies.hierfedavg import HierFedAvg
@@ -70,11 +70,9 @@ def run_fedavg(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
                       min_evaluate_nodes=num_devices if config.eval.devices else 0,
                       fraction_evaluate=1.0 if config.eval.devices else 0.0,
                       train_metrics_aggr_fn=train_aggr, evaluate_metrics_aggr_fn=evaluate_aggr)
-    strategy.start(grid, initial, num_rounds=config.train.rounds,
-                   timeout=config.simulation.timeout,
-                   train_config=ConfigRecord(train_settings(config).to_config()),
-                   evaluate_fn=flat_rounds(config, evaluate_fn, round_recorder(grid, recorder),
-                                           devices))
+    start_flat(strategy, grid, config, recorder, initial,
+               flat_rounds(config, evaluate_fn, round_recorder(grid, recorder), devices),
+               train_config=ConfigRecord(train_settings(config).to_config()))
 
 
 def _metrics(records: list[RecordDict]) -> list[MetricRecord]:
@@ -86,5 +84,5 @@ def app_device() -> WeightsDevice:
     return WeightsDevice(device_model, train_data, test_data)
 
 
-FEDAVG = Method(name="fedavg", run=run_fedavg, device=app_device)
+FEDAVG = Method(name="fedavg", run=run_fedavg, device=app_device, resumable=True)
 HIERFAVG = Method(name="hierfavg", run=run_hierfavg, device=app_device, resumable=True)
