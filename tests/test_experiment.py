@@ -119,11 +119,9 @@ def test_the_results_folder(runs: dict, name: str) -> None:
     config, summary = runs[name]
     out = Path(config.out)
 
-    files = ["accuracy.png", "comm.png", "metrics.csv", "results.json"]
-    if name == "hierfavg":  # hierarchical methods checkpoint and save their final models
-        files = sorted([*files, "checkpoint.pt", "models"])
-        assert [p.name for p in (out / "models").iterdir()] == ["cloud.pt"]
-    assert sorted(p.name for p in out.iterdir()) == files
+    assert sorted(p.name for p in out.iterdir()) == [
+        "accuracy.png", "checkpoint.pt", "comm.png", "metrics.csv", "models", "results.json"]
+    assert [p.name for p in (out / "models").iterdir()] == ["cloud.pt"]
     for png in ("accuracy.png", "comm.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "results.json").read_text())

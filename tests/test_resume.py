@@ -100,8 +100,9 @@ def test_fedagg_family_killed_and_resumed_is_the_uninterrupted_run(
     ("fedin", {}),
     ("fedin", {"fedin": {"hierarchical": True}}),
     ("fedavg", {}),
+    ("eclm", {}),
 ])
-def test_fedin_and_flat_fedavg_killed_and_resumed_are_the_uninterrupted_run(
+def test_the_other_methods_killed_and_resumed_are_the_uninterrupted_run(
         method: str, overrides: dict[str, Any], tmp_path: Path) -> None:
     uninterrupted, resumed = killed_and_resumed(method, tmp_path, rounds=2, kill_at=2,
                                                 **overrides)
@@ -130,12 +131,6 @@ def test_the_flat_loop_is_flowers_start_round_for_round() -> None:
     (ours, ours_seen), (flowers, flowers_seen) = run(True), run(False)
     assert ours_seen == flowers_seen and len(ours_seen) == 4
     assert ours.to_numpy_ndarrays()[0].tolist() == flowers.to_numpy_ndarrays()[0].tolist()
-
-
-def test_a_method_without_checkpoints_refuses_to_resume(tmp_path: Path) -> None:
-    config = config_of("eclm", tmp_path / "out", 2, resume=True)
-    with pytest.raises(ConfigError, match="method 'eclm' saves no checkpoints yet"):
-        experiment.run(KilledGrid(config), config)
 
 
 def test_resume_needs_a_checkpoint_and_rounds_left(tmp_path: Path) -> None:

@@ -101,8 +101,8 @@ def round_recorder(grid: MeteredGrid, recorder: Recorder,
             "participants": report.participants, "failures": report.failures,
             "failed": {str(device): reason
                        for device, reason in sorted(report.failure_reasons.items())}}
-        devices.update({f"mean_local_{key}": value
-                        for key, value in report.device_metrics.items()})
+        devices.update({f"mean_local_{key}": value  # compute_s: summed in ``timing``
+                        for key, value in report.device_metrics.items() if key != "compute_s"})
         if report.stale:
             devices["stale"] = {str(device): {"used": used, "expected": expected}
                                 for device, (used, expected) in sorted(report.stale.items())}
@@ -173,13 +173,9 @@ def start_point(config: Config) -> tuple[EvaluateFn, ArrayRecord]:
 def run(grid: Grid, config: Config) -> dict[str, Any]:
     """Run ``config.method`` on ``grid``; write and return the results. A run that raises is
     recorded as ``failed`` with the reason (its rounds so far kept), then the error goes on."""
-    from flower_eec.run.registry import method, methods
+    from flower_eec.run.registry import method
 
     entry = method(config.method)
-    if config.resume and not entry.resumable:
-        resumable = [name for name, m in methods().items() if m.resumable]
-        raise ConfigError(f"method '{config.method}' saves no checkpoints yet, so it cannot "
-                          f"resume; these can: {', '.join(resumable)}")
     torch.manual_seed(config.seed)
     random.seed(config.seed)  # Flower's strategies sample nodes with Python's random
     recorder = Recorder(config, results_dir(config), overwrite=config.overwrite,

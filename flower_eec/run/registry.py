@@ -39,7 +39,6 @@ class Method:
             config), raising ``ConfigError``; run on every resolved config of this method.
         bridge: Tiers carry their own models and exchange logits on bridge samples (FedAgg's
             ``fedagg`` section applies, and the central evaluator knows every tier's model).
-        resumable: The run saves checkpoints and can go on from one (``resume=true``).
     """
 
     name: str
@@ -48,7 +47,6 @@ class Method:
     sections: Mapping[str, type] = field(default_factory=dict)
     check: Callable[[Config], None] | None = None
     bridge: bool = False
-    resumable: bool = False
 
     @property
     def defaults(self) -> Path:

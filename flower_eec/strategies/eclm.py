@@ -170,6 +170,16 @@ class ECLM(Hierarchical):
         self.rederived = 0
         self.sizes: dict[int, int] = {}
 
+    def state(self) -> dict[str, Any]:
+        """Each device's sub-model and the budget and data it was derived for (a device gets a
+        new one only when they change)."""
+        return {"submodels": dict(self.submodels), "derived_for": dict(self.derived_for)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take back ``state()``'s."""
+        self.submodels = dict(state["submodels"])
+        self.derived_for = dict(state["derived_for"])
+
     def device_knobs(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The knobs of ``query.route`` and ``train.adapt``, from this constructor (ECLM's
         devices evaluate inside ``train.adapt``)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, Context, MetricRecord
 
 from flower_eec.clients.eclm import ECLMDevice
 from flower_eec.core.eclm_math import device_budget
@@ -21,6 +21,7 @@ from flower_eec.run.experiment import build_topology, round_recorder, start_poin
 from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
+from flower_eec.run.resumable import start_hierarchical
 from flower_eec.run.shift import data_at_round
 from flower_eec.strategies.eclm import ECLM, EclmRoundReport
 from flower_eec.strategies.hierarchical import RoundReport
@@ -98,20 +99,23 @@ def strategy_of(config: Config,
 
 
 def run_eclm(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
-    """ECLM: the cloud's offline stage on its own data, then online rounds with sub-models."""
+    """ECLM: the cloud's offline stage on its own data, then online rounds with sub-models
+    (a resumed run goes on with the online rounds)."""
     evaluate_fn, initial = start_point(config)
     e, t = config.eclm, config.train
     data = federated_data(config)
     model = build_device_model(config, data, "modular")
     model.load_state_dict(initial.to_torch_state_dict())
     assert isinstance(model, ModularNet)
-    offline = offline_stage(model, data.public_train(), epochs=e.offline_epochs,
-                            batch_size=t.batch_size, lr=t.lr, lb_weight=e.lb_weight,
-                            momentum=t.momentum, weight_decay=t.weight_decay,
-                            augmented=config.data.augment, cutout=config.data.cutout,
-                            gate_noise=e.gate_noise, seed=config.seed)
+    offline: dict[str, Any] = {}
+    if not config.resume:
+        offline = offline_stage(model, data.public_train(), epochs=e.offline_epochs,
+                                batch_size=t.batch_size, lr=t.lr, lb_weight=e.lb_weight,
+                                momentum=t.momentum, weight_decay=t.weight_decay,
+                                augmented=config.data.augment, cutout=config.data.cutout,
+                                gate_noise=e.gate_noise, seed=config.seed)
+        recorder.note("eclm_offline", offline)
     cloud = ArrayRecord(model.state_dict())
-    recorder.note("eclm_offline", offline)
     full = {"full_model_params": count_parameters(model), "full_model_bytes": cloud.count_bytes()}
 
     def eclm_fields(report: RoundReport) -> dict[str, Any]:
@@ -121,13 +125,15 @@ def run_eclm(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
                          "mean_submodel_params": float(np.mean(params)) if params else None,
                          **full}}
 
-    on_round = round_recorder(grid, recorder, eclm_fields)
-    result = strategy_of(config, on_round).start(grid, cloud, num_rounds=t.rounds,
-                                                 timeout=config.simulation.timeout,
-                                                 evaluate_fn=evaluate_fn)
-    # ``start`` evaluates the initial (offline-trained) cloud model as round 0.
-    offline["cloud"] = dict(result.evaluate_metrics_serverapp.get(0, {}))
-    recorder.note("eclm_offline", offline)
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        metrics = evaluate_fn(server_round, arrays)
+        if server_round == 0:  # the offline-trained cloud model, before round 1
+            offline["cloud"] = dict(metrics or {})
+            recorder.note("eclm_offline", offline)
+        return metrics
+
+    strategy = strategy_of(config, round_recorder(grid, recorder, eclm_fields))
+    start_hierarchical(strategy, grid, config, recorder, cloud, evaluate)
 
 
 def budget_of(config: Config, data: FederatedData, device: int, server_round: int) -> int:

@@ -226,7 +226,7 @@ def app_device() -> FedAggDevice:
     return AppFedAggDevice(device_model, train_data, test_data, bridge=app_bridge)
 
 
-FEDAGG = Method(name="fedagg", run=run_fedagg, device=app_device, bridge=True, resumable=True,
+FEDAGG = Method(name="fedagg", run=run_fedagg, device=app_device, bridge=True,
                 sections={"fedagg": FedAggConfig}, check=check_fedagg)
-FEDEEC = Method(name="fedeec", run=run_fedeec, device=app_device, bridge=True, resumable=True,
+FEDEEC = Method(name="fedeec", run=run_fedeec, device=app_device, bridge=True,
                 sections={"fedagg": FedAggConfig, "fedeec": FedEECConfig}, check=check_fedeec)

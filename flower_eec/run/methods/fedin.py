@@ -216,7 +216,6 @@ def app_device() -> FedINDevice:
 
 
 FEDIN = Method(name="fedin", run=run_fedin, device=app_device, sections={"fedin": FedINConfig},
-               check=check_fedin, resumable=True)
+               check=check_fedin)
 HETEROAVG = Method(name="heteroavg", run=partial(run_fedin, exchange_features=False),
-                   device=app_device, sections={"fedin": FedINConfig}, check=check_fedin,
-                   resumable=True)
+                   device=app_device, sections={"fedin": FedINConfig}, check=check_fedin)

@@ -84,5 +84,5 @@ def app_device() -> WeightsDevice:
     return WeightsDevice(device_model, train_data, test_data)
 
 
-FEDAVG = Method(name="fedavg", run=run_fedavg, device=app_device, resumable=True)
-HIERFAVG = Method(name="hierfavg", run=run_hierfavg, device=app_device, resumable=True)
+FEDAVG = Method(name="fedavg", run=run_fedavg, device=app_device)
+HIERFAVG = Method(name="hierfavg", run=run_hierfavg, device=app_device)
