@@ -67,3 +67,43 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def write_certificates(folder: Path, host: str = "127.0.0.1") -> dict[str, Path]:
+    """A throw-away CA and a server certificate for ``host`` (TLS tests only): returns the paths
+    of ``ca.crt``, ``server.pem`` and ``server.key``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flower-eec test CA")])
+
+    def certificate(subject: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+        return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1)))
+
+    ca_builder = certificate(ca_name, ca_key).add_extension(
+        x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    server_builder = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]),
+                                 server_key).add_extension(x509.SubjectAlternativeName(
+                                     [x509.IPAddress(ipaddress.ip_address(host))]),
+                                     critical=False)
+    ca = ca_builder.sign(ca_key, hashes.SHA256())
+    server = server_builder.sign(ca_key, hashes.SHA256())
+    paths = {name: folder / name for name in ("ca.crt", "server.pem", "server.key")}
+    paths["ca.crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["server.pem"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths["server.key"].write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return paths
