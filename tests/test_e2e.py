@@ -152,3 +152,52 @@ def test_cli_run_killed_with_sigkill_then_resumed_on_ray(tmp_path: Path) -> None
     assert [r["round"] for r in summary["rounds"]] == [1, 2, 3, 4]
     assert (summary["status"], summary["completed_rounds"]) == ("finished", 4)
     assert not (out / ".lock").exists()
+
+
+class Hang:
+    """A ClientApp mod: device 1 hangs in its round-2 ``train.distil`` for ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, msg, context, call_next):  # type: ignore[no-untyped-def]
+        config = msg.content.config_records.get("config", {})
+        if (msg.metadata.message_type == "train.distil" and config.get("server-round") == 2
+                and context.node_config["partition-id"] == 1):
+            time.sleep(self.seconds)  # the fault: this device hangs past the round's timeout
+        return call_next(msg, context)
+
+
+def test_a_fedagg_device_that_hangs_past_the_timeout_loses_nothing_on_ray(
+        tmp_path: Path) -> None:
+    """Under Ray, device 1 hangs in round 2 past simulation.timeout and finishes later, when
+    Flower writes its round-2 state back over a newer one. The run goes on: round 2 names the
+    device as failed, and its kept model is never silently older than the server expects."""
+    from flwr.clientapp import ClientApp
+    from flwr.simulation import run_simulation
+
+    from flower_eec.clients.device import register
+    from flower_eec.run.config import resolve, to_json
+    from flower_eec.run.registry import client_devices
+    from flower_eec.run.simulation import RunConfigMod, simulation_apps
+
+    config = resolve("fedagg", {"profile": "smoke", "out": str(tmp_path / "out"),
+                                "train": {"rounds": 6}, "simulation": {"timeout": 8}})
+    server_app, _ = simulation_apps(config)
+    client_app = ClientApp(mods=[RunConfigMod({"config-json": to_json(config)}), Hang(11)])
+    register(client_app, *client_devices())
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=4,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (summary["status"], summary["completed_rounds"]) == ("finished", 6)
+    failed = [r["devices"]["failed"] for r in summary["rounds"]]
+    assert failed[1] == {"1": "no reply before the time-out"}
+    assert all(f == {} for i, f in enumerate(failed) if i != 1)
+    # the late reply wrote device 1's round-2 state back over a newer one; the device found it
+    # out and took the expected round's model from its checkpoint folder: nothing was lost
+    assert all("stale" not in r["devices"] for r in summary["rounds"])
+    restored = [(r["round"], r["devices"]["restored"]) for r in summary["rounds"]
+                if "restored" in r["devices"]]
+    assert restored and all(list(entry) == ["1"] and entry["1"]["held"] == 2
+                            and entry["1"]["used"] > 2 for _, entry in restored), restored

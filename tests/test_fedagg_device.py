@@ -387,4 +387,5 @@ def test_a_device_state_rolled_back_is_caught_or_restored_from_disk(
 
     assert [r.failures for r in reports] == [0, 0, 0]
     assert reports[2].stale == ({} if with_checkpoints else {2: (1, 2)})
+    assert reports[2].restored == ({2: (1, 2)} if with_checkpoints else {})
     assert strategy.kept.expected == {0: 3, 1: 3, 2: 3, 3: 3}

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from logging import INFO
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 from torch import nn
 
 from flower_eec.core.learning import Images
@@ -24,7 +26,7 @@ from flower_eec.protocol import names
 from flower_eec.protocol.knobs import Knobs, TrainSettings
 
 __all__ = ["Device", "Knobs", "TrainSettings", "partition_id", "register", "reply",
-           "round_generator"]
+           "round_generator", "state_round"]
 
 ModelFn = Callable[[Context], nn.Module]
 DataFn = Callable[[Context], Images]
@@ -49,7 +51,8 @@ def round_generator(seed: int, server_round: int, device: int) -> torch.Generato
     return torch.Generator().manual_seed((seed * 1_000_003 + server_round) * 100_003 + device)
 
 
-def _kept_round(context: Context) -> int:
+def state_round(context: Context) -> int:
+    """The round of the model a device's ``context.state`` holds (0: none)."""
     record = context.state.config_records.get(KEPT_STATE)
     value = record.get(names.KEPT_ROUND) if record is not None else None
     return int(value) if isinstance(value, int) else 0
@@ -110,7 +113,7 @@ class Device:
         with what it has and says so: the returned round differs from ``expected``.
         """
         model = self.model(context)
-        have = _kept_round(context)
+        have = state_round(context)
         if expected in (have, -1):
             if KEPT_MODEL in context.state.array_records:
                 model.load_state_dict(context.state.array_records[KEPT_MODEL]
@@ -119,6 +122,9 @@ class Device:
         saved = self.kept_file(context, expected) if expected > 0 else None
         if saved is not None and saved.is_file():
             model.load_state_dict(torch.load(saved, weights_only=True))
+            log(INFO, "Device %d: its state holds the model of round %d, not of round %d as "
+                "expected: restored that one from %s", partition_id(context), have, expected,
+                saved)
             return model, expected
         if expected == 0 or KEPT_MODEL not in context.state.array_records:
             return model, 0

@@ -23,6 +23,7 @@ from flower_eec.clients.device import (
     partition_id,
     reply,
     round_generator,
+    state_round,
 )
 from flower_eec.core.bsbodp import Distillation, distil_pass, logits_on
 from flower_eec.core.learning import Images, evaluate
@@ -190,6 +191,7 @@ class FedAggDevice(Device):
         if s.augment:
             real = augment(real, round_generator(s.seed, 0 if fidelity else server_round, device),
                            cutout=s.cutout)
+        held = state_round(context)
         model, kept_round = self.kept_model(context, knobs.get(names.KEPT_ROUND, int))
         samples = self.samples(context, data, fp16, raw=fidelity)
         metrics: dict[str, Any] = distil_pass(
@@ -202,18 +204,21 @@ class FedAggDevice(Device):
                         "compute_s": time.perf_counter() - started})
         answer = reply(msg, metrics,
                        **{names.LOGITS: to_record(LogitsPayload(own.numpy()), fp16=fp16)})
-        answer.content[names.KEPT] = ConfigRecord({names.KEPT_ROUND: kept_round})
+        answer.content[names.KEPT] = ConfigRecord({names.KEPT_ROUND: kept_round,
+                                                   names.STATE_ROUND: held})
         return answer
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         """``evaluate.kept``: loss and accuracy of the kept model on the local test data
         (``fidelity``: BatchNorm in training mode, as the demo tests)."""
         knobs = Knobs.of(msg)
+        held = state_round(context)
         model, kept_round = self.kept_model(context, knobs.get(names.KEPT_ROUND, int))
         data = self.test_data(context)
         metrics: dict[str, Any] = evaluate(model, data, knobs.get(names.EVAL_BATCH_SIZE, int),
                                            bn_train=knobs.get(names.FIDELITY, bool))
         metrics[names.NUM_EXAMPLES] = len(data)
         answer = reply(msg, metrics)
-        answer.content[names.KEPT] = ConfigRecord({names.KEPT_ROUND: kept_round})
+        answer.content[names.KEPT] = ConfigRecord({names.KEPT_ROUND: kept_round,
+                                                   names.STATE_ROUND: held})
         return answer

@@ -66,7 +66,9 @@ NUM_CLASSES = "num-classes"  # outputs of the model's head (FedAgg: logits per b
 BRIDGE_DIGEST = "bridge-digest"  # the server's bridge (weights digest): the device's must match
 KEPT_ROUND = "kept-round"  # train.distil/evaluate.kept: the round of the kept model to use (0:
 # a fresh one); in the reply's ``kept`` record: the round of the model the device really used
-KEPT = "kept"  # the reply record (ConfigRecord) that holds KEPT_ROUND
+STATE_ROUND = "state-round"  # in the ``kept`` record: the round of the model the device's
+# state held when the message came (another than KEPT_ROUND: it was restored from disk)
+KEPT = "kept"  # the reply record (ConfigRecord) that holds KEPT_ROUND and STATE_ROUND
 KEEP_FROM = "keep-from"  # train.distil: kept models of earlier rounds may be dropped from disk
 DATA_MEAN = "mean"  # query.embed reply: the per-channel mean of the device's data
 DATA_STD = "std"  # query.embed reply: the per-channel std of the device's data

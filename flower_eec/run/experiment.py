@@ -106,6 +106,9 @@ def round_recorder(grid: MeteredGrid, recorder: Recorder,
         if report.stale:
             devices["stale"] = {str(device): {"used": used, "expected": expected}
                                 for device, (used, expected) in sorted(report.stale.items())}
+        if report.restored:
+            devices["restored"] = {str(device): {"held": held, "used": used}
+                                   for device, (held, used) in sorted(report.restored.items())}
         comm_bytes = report.link_bytes or {
             "cloud_to_device": sum(t.sent_bytes for t in traffic.values()),
             "device_to_cloud": sum(t.received_bytes for t in traffic.values())}

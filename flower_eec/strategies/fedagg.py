@@ -78,12 +78,15 @@ class KeptModels:
     ``train.distil``; 0: none yet). Every message says so (``kept-round``), and every reply says
     which round's model the device really used; a mismatch (e.g. a late reply of a timed-out
     round wrote an older state back, and the device had no checkpoint of the expected round) is
-    logged with the rounds concerned and noted in ``mismatches`` for the round's report.
+    logged with the rounds concerned and noted in ``mismatches`` for the round's report. A
+    device whose state was of another round but that restored the expected one from its
+    checkpoint folder is noted in ``restored``.
     """
 
     expected: dict[int, int] = field(default_factory=dict)
     keep_from: int = 0  # devices may drop their kept models of earlier rounds
     mismatches: dict[int, tuple[int, int]] = field(default_factory=dict)
+    restored: dict[int, tuple[int, int]] = field(default_factory=dict)  # (state, used)
 
     def knobs(self, device: int) -> dict[str, int]:
         """The ``config`` entries of a message to ``device``."""
@@ -94,7 +97,12 @@ class KeptModels:
         accepted train reply (``trained_round``), the device keeps that round's model."""
         record = reply.content.config_records.get(names.KEPT)
         used = record.get(names.KEPT_ROUND) if record is not None else None
+        held = record.get(names.STATE_ROUND) if record is not None else None
         expected = self.expected.get(device, 0)
+        if isinstance(held, int) and held != expected and used == expected:
+            self.restored[device] = (held, expected)
+            log(INFO, "Device %d held its model of round %d, not of round %d: it restored the "
+                "expected one from its checkpoint folder", device, held, expected)
         if isinstance(used, int) and used != expected:
             self.mismatches[device] = (used, expected)
             log(WARNING, "Device %d used its model of round %d, not of round %d as expected%s",
@@ -467,9 +475,11 @@ class FedAgg(Hierarchical):
                    if g != CLOUD_DIRECT}}
 
     def end_round(self, report: RoundReport) -> None:
-        """The round's devices whose kept model was not of the expected round."""
-        report.stale = dict(self.kept.mismatches)
+        """The round's devices whose kept model was not of the expected round, or that had to
+        restore it from their checkpoint folder."""
+        report.stale, report.restored = dict(self.kept.mismatches), dict(self.kept.restored)
         self.kept.mismatches.clear()
+        self.kept.restored.clear()
         self.kept.keep_from = self.last_checkpoint
 
     def summary(self) -> None:

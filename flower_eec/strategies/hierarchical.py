@@ -65,6 +65,7 @@ class RoundReport:
     link_bytes: dict[str, int] = field(default_factory=dict)
     server_s: float = 0.0
     stale: dict[int, tuple[int, int]] = field(default_factory=dict)  # device: (used, expected)
+    restored: dict[int, tuple[int, int]] = field(default_factory=dict)  # device: (held, used)
 
     def count(self, messages: list[Message], replies: list[Message],
               group_of: dict[int, int]) -> None:
