@@ -66,7 +66,7 @@ class Recorder:
         self.rounds: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.last = self.started
-        self.plotted = 0.0
+        self.plotted = self.started  # the first plots come after PLOT_EVERY_S, or at the end
         self.notes: dict[str, Any] = {}
         self.status: dict[str, Any] = {"status": "running"}
         if self.out:
