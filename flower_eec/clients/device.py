@@ -137,14 +137,14 @@ class Device:
         checkpoint folder if it has one (dropping files of rounds before ``keep_from``)."""
         context.state[KEPT_MODEL] = ArrayRecord(model.state_dict())
         context.state[KEPT_STATE] = ConfigRecord({names.KEPT_ROUND: server_round})
-        folder = self.kept_file(context, server_round)
-        if folder is None or server_round <= 0:
+        path = self.kept_file(context, server_round)
+        if path is None or server_round <= 0:
             return
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        temporary = folder.with_name(f".{folder.name}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
         torch.save(model.state_dict(), temporary)
-        os.replace(temporary, folder)
-        for old in folder.parent.glob("round-*.pt"):
+        os.replace(temporary, path)  # a kill leaves the previous files whole
+        for old in path.parent.glob("round-*.pt"):
             if int(old.stem.split("-")[1]) < min(keep_from, server_round):
                 old.unlink(missing_ok=True)
 
