@@ -18,7 +18,7 @@ from flower_eec.data.checksums import (
     verify_md5,
 )
 from flower_eec.data.dataset import Dataset
-from flower_eec.data.idx import idx_content, image_split, parse_idx
+from flower_eec.data.idx import find_idx_file, idx_content, image_split, parse_idx
 from flower_eec.data.paths import existing_root, search_dirs
 from flower_eec.errors import DataError
 
@@ -40,10 +40,9 @@ def find_fashion_file(dirs: list[Path], name: str) -> Path:
     The publisher gives the md5 of the .gz files only, so a .gz can be verified, an extracted
     file only by its image count.
     """
-    for folder in dirs:
-        for candidate in (folder / f"{name}.gz", folder / name):
-            if candidate.is_file():
-                return candidate
+    found = find_idx_file(dirs, name, gz_first=True)
+    if found is not None:
+        return found
     raise DataError(
         f"Fashion-MNIST file {name}.gz (or {name}) not found; searched "
         f"{', '.join(str(d) for d in dirs)}. Download the four IDX files from "

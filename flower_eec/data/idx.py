@@ -52,6 +52,12 @@ def parse_idx(data: bytes, label: str, hint: str = "") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
+def find_idx_file(dirs: list[Path], name: str, *, gz_first: bool) -> Path | None:
+    """The first ``name`` or ``name.gz`` in ``dirs`` (the .gz first if ``gz_first``), or None."""
+    names = (f"{name}.gz", name) if gz_first else (name, f"{name}.gz")
+    return next((folder / n for folder in dirs for n in names if (folder / n).is_file()), None)
+
+
 def idx_content(path: Path, data: bytes, hint: str) -> bytes:
     """The IDX bytes in `data` (read from `path`), decompressed for a .gz; a damaged gzip raises
     DataError."""

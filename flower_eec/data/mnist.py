@@ -11,7 +11,7 @@ import numpy as np
 
 from flower_eec.data.checksums import MNIST_MD5, MNIST_URL, verify_md5
 from flower_eec.data.dataset import Dataset
-from flower_eec.data.idx import idx_content, image_split, parse_idx
+from flower_eec.data.idx import find_idx_file, idx_content, image_split, parse_idx
 from flower_eec.data.paths import existing_root, search_dirs
 from flower_eec.errors import DataError
 
@@ -25,10 +25,9 @@ _FIX = f"Re-download it from {MNIST_URL}."
 
 def find_mnist_file(dirs: list[Path], name: str) -> Path:
     """Return the first `name` or `name.gz` found in `dirs`, raw preferred (no decompression)."""
-    for folder in dirs:
-        for candidate in (folder / name, folder / f"{name}.gz"):
-            if candidate.is_file():
-                return candidate
+    found = find_idx_file(dirs, name, gz_first=False)
+    if found is not None:
+        return found
     searched = ", ".join(str(d) for d in dirs)
     raise DataError(
         f"MNIST file {name} (or {name}.gz) not found; searched {searched}. Download the four IDX "

@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from importlib.metadata import version
 from logging import INFO
 from pathlib import Path
@@ -25,6 +26,7 @@ LINKS = ("device_to_edge", "edge_to_device", "edge_to_cloud", "cloud_to_edge",
          "device_to_cloud", "cloud_to_device")
 
 
+@cache
 def versions() -> dict[str, str]:
     """Versions of the packages that decide the numbers."""
     return {name: version(dist) for name, dist in
@@ -69,6 +71,7 @@ class Recorder:
         self.plotted = self.started  # the first plots come after PLOT_EVERY_S, or at the end
         self.notes: dict[str, Any] = {}
         self.status: dict[str, Any] = {"status": "running"}
+        self.config_dict = to_dict(config)  # written with every round: converted once
         if self.out:
             claim(self.out, overwrite or resume, keep=resume)
 
@@ -107,8 +110,8 @@ class Recorder:
             **self.status,
             "completed_rounds": len(self.rounds),
             "planned_rounds": self.config.train.rounds,
-            "config": to_dict(self.config),
-            "versions": versions(),
+            "config": self.config_dict,
+            "versions": dict(versions()),
             "rounds": self.rounds,
         }
         if self.status["status"] == "finished":

@@ -46,19 +46,19 @@ def resume_point(config: Config, recorder: Recorder) -> checkpoint.Checkpoint | 
 
 
 def checkpointer(config: Config, recorder: Recorder, strategy: Any
-                 ) -> Callable[[int, ArrayRecord], None]:
+                 ) -> Callable[[int, ArrayRecord], bool]:
     """After round ``r`` with cloud arrays ``a``: save a checkpoint when one is due (every
-    ``checkpoint.every`` rounds and after the last)."""
+    ``checkpoint.every`` rounds and after the last); says whether it saved one."""
     out, every = recorder.out, config.checkpoint.every
 
-    def save(server_round: int, arrays: ArrayRecord) -> None:
+    def save(server_round: int, arrays: ArrayRecord) -> bool:
         if out is None or not every or (server_round % every and
                                         server_round != config.train.rounds):
-            return
+            return False
         checkpoint.save(out, checkpoint.Checkpoint(
             server_round, arrays, state_of(strategy), checkpoint.rng_state(), recorder.rounds,
             recorder.notes))
-        strategy.last_checkpoint = server_round
+        return True
 
     return save
 
@@ -83,7 +83,8 @@ def start_hierarchical(strategy: Hierarchical, grid: Grid, config: Config,
     def on_round(report: RoundReport) -> None:
         if recorded is not None:
             recorded(report)
-        save(report.round, strategy.cloud_arrays)
+        if save(report.round, strategy.cloud_arrays):
+            strategy.last_checkpoint = report.round
 
     strategy.on_round = on_round
     if saved is not None:
