@@ -21,8 +21,10 @@ each evaluated every round on every device's *current* local test split:
 
 Run (from the repository root)::
 
-    python benchmarks/eclm.py --data-root ../shared/data            # cpu profile, ~15 min
-    python benchmarks/eclm.py --data-root ../shared/data --quick    # a tiny check, ~1 min
+    python benchmarks/eclm.py --data-root $DATA            # cpu profile, ~15 min
+    python benchmarks/eclm.py --data-root $DATA --quick    # a tiny check, ~1 min
+
+``--data-root`` defaults to ``$FLOWER_EEC_DATA``.
 
 Writes ``benchmarks/results/eclm_cpu.md``, ``eclm_cpu.json`` and ``eclm_cpu.png`` (``--quick``:
 ``eclm_quick.*``).
@@ -59,6 +61,9 @@ from flower_eec.run.devices import build_device_model  # noqa: E402
 from flower_eec.run.federated import federated_data  # noqa: E402
 from flower_eec.run.methods.eclm import budget_of  # noqa: E402
 from flower_eec.run.shift import current_data  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from foundation import default_data_root  # noqa: E402  (benchmarks/foundation.py)
 
 QUICK: dict[str, Any] = {"topology": {"num_devices": 4}, "data": {"subset": 0.02},
                          "train": {"rounds": 2},
@@ -258,7 +263,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     """Run the three columns, print and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data-root", default=default_data_root(),
+                        help="the datasets' folder (default: $FLOWER_EEC_DATA)")
     parser.add_argument("--quick", action="store_true", help="4 devices, 2 rounds, 2%% of data")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()

@@ -5,7 +5,9 @@ seed, initial weights and data) under the ``cpu`` profile of ``examples/eclm.yam
 the module use per layer, its statistics and the accuracy on the global test set. Keys after the
 options override the configuration, e.g.::
 
-    python benchmarks/eclm_offline.py --data-root ../shared/data eclm.gate_noise=0 eclm.lb_weight=2
+    python benchmarks/eclm_offline.py --data-root $DATA eclm.gate_noise=0 eclm.lb_weight=2
+
+``--data-root`` defaults to ``$FLOWER_EEC_DATA``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eclm import offline_model  # noqa: E402  (benchmarks/eclm.py)
+from foundation import default_data_root  # noqa: E402  (benchmarks/foundation.py)
 
 from flower_eec.core.learning import evaluate  # noqa: E402
 from flower_eec.run.config import parse_overrides, resolve  # noqa: E402
@@ -34,7 +37,8 @@ from flower_eec.run.federated import federated_data  # noqa: E402
 def main() -> None:
     """Run the offline stage once and print its report as one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data-root", default=default_data_root(),
+                        help="the datasets' folder (default: $FLOWER_EEC_DATA)")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--fresh-init", action="store_true",
                         help="other initial weights: the first model drawn after seeding")

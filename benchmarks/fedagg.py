@@ -38,6 +38,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from foundation import default_data_root  # noqa: E402  (benchmarks/foundation.py)
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -216,8 +219,8 @@ def main(suite: Suite = FEDAGG, description: str = __doc__) -> None:
     parser.add_argument("--force", action="store_true", help="rerun finished runs")
     parser.add_argument("--report", action="store_true", help="only summarise finished runs")
     parser.add_argument("--rounds", type=int, default=None, help="override train.rounds")
-    parser.add_argument("--data-root", default=os.environ.get("FLOWER_EEC_DATA")
-                        or str((REPO / ".." / "shared" / "data").resolve()))
+    parser.add_argument("--data-root", default=default_data_root(),
+                        help="the datasets' folder (default: $FLOWER_EEC_DATA)")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(suite.runs)
     unknown = sorted(set(names) - set(suite.runs))

@@ -17,7 +17,7 @@ summary ``benchmarks/results/fedeec_cpu.md`` / ``.json`` / ``.png``.
 
 Run (from the repository root)::
 
-    FLWR_TELEMETRY_ENABLED=0 python benchmarks/fedeec.py --data-root ../shared/data
+    FLWR_TELEMETRY_ENABLED=0 python benchmarks/fedeec.py --data-root $DATA
     FLWR_TELEMETRY_ENABLED=0 python benchmarks/fedeec.py --only fedeec,fedeec-dynamic
     FLWR_TELEMETRY_ENABLED=0 python benchmarks/fedeec.py --report
 """

@@ -11,8 +11,10 @@ printout is the result.
 
 Run (from the repository root)::
 
-    python benchmarks/fedeec_probe.py --data-root ../shared/data --rounds 8   # fedeec_probe.txt
+    python benchmarks/fedeec_probe.py --data-root $DATA --rounds 8   # fedeec_probe.txt
     python benchmarks/fedeec_probe.py --rounds 8 fedagg.clip=20
+
+``--data-root`` defaults to ``$FLOWER_EEC_DATA``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from flower_eec.strategies.fedagg import BridgeEdge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fedeec import DYNAMIC  # noqa: E402  (the dynamic setting of benchmarks/fedeec.py)
+from foundation import default_data_root  # noqa: E402  (benchmarks/foundation.py)
 
 
 def gradient_norm(optimiser: torch.optim.Optimizer) -> float:
@@ -49,7 +52,8 @@ def gradient_norm(optimiser: torch.optim.Optimizer) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--data-root", default=default_data_root(),
+                        help="the datasets' folder (default: $FLOWER_EEC_DATA)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--static", action="store_true", help="without the dynamic overrides")
     parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. fedagg.clip=20")

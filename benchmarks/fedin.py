@@ -1,7 +1,8 @@
 """FedIN benchmark: FedIN vs. HeteroAvg vs. FedAvg on the smallest / largest depth everywhere.
 
-FedIN (Chan et al., arXiv 2304.00759) as reconstructed in ALGORITHMS.md section 4. Per dataset
-(CIFAR-10, MNIST) on the ``cpu`` profile, four runs with the same data, devices and budget:
+FedIN (Chan et al., arXiv 2304.00759) as reconstructed in docs/methods.md (section FedIN and
+HeteroAvg). Per dataset (CIFAR-10, MNIST) on the ``cpu`` profile, four runs with the same data,
+devices and budget:
 
 ``fedin``          examples/fedin.yaml: depths ResNet-10/14/18/22/26 split evenly, IN training + QP
 ``heteroavg``      examples/heteroavg.yaml: the same without feature exchange (the ablation)
@@ -36,6 +37,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from foundation import default_data_root  # noqa: E402  (benchmarks/foundation.py)
+
 DEPTHS = ("resnet10", "resnet14", "resnet18", "resnet22", "resnet26")
 RUNS: dict[str, tuple[str, list[str]]] = {
     "fedin": ("examples/fedin.yaml", []),
@@ -179,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["cifar10", "mnist"])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    parser.add_argument("--data-root", default=os.environ.get(
-        "FLOWER_EEC_DATA", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--data-root", default=default_data_root(),
+                        help="the datasets' folder (default: $FLOWER_EEC_DATA)")
     parser.add_argument("--engine", choices=("simulation", "local"), default="simulation")
     parser.add_argument("--rounds", type=int, default=None, help="override train.rounds")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))

@@ -38,8 +38,8 @@ Run (from the repository root)::
     FLWR_TELEMETRY_ENABLED=0 python benchmarks/foundation.py accuracy --rounds 3   # quick check
     FLWR_TELEMETRY_ENABLED=0 python benchmarks/foundation.py overhead --skip-1000
 
-The CIFAR-10 folder is ``--data-root``, else ``$FLOWER_EEC_DATA``, else ``../shared/data``
-relative to the repository root.
+The CIFAR-10 folder is ``--data-root``, else ``$FLOWER_EEC_DATA``. (Without either, a
+``../shared/data`` folder next to the clone is tried: a convenience for the developers' layout.)
 """
 
 from __future__ import annotations
@@ -72,7 +72,10 @@ METHODS = ("fedavg", "hierfavg")
 
 
 def default_data_root() -> str:
-    """``$FLOWER_EEC_DATA``, else ``../shared/data`` next to the repository."""
+    """``$FLOWER_EEC_DATA``; unset, ``../shared/data`` next to the clone (the developers' layout).
+
+    The default ``--data-root`` of every benchmark script.
+    """
     return os.environ.get("FLOWER_EEC_DATA") or str((REPO / ".." / "shared" / "data").resolve())
 
 
@@ -741,7 +744,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", choices=[*PARTS, "all"])
     parser.add_argument("--data-root", default=default_data_root(),
-                        help="folder with cifar10/ (default: $FLOWER_EEC_DATA or ../shared/data)")
+                        help="folder with cifar10/ (default: $FLOWER_EEC_DATA)")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR),
                         help="where the .md and .json files go (default: benchmarks/results)")
     parser.add_argument("--rounds", type=int, default=None,

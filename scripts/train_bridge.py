@@ -12,8 +12,10 @@ stratified by label, so for CIFAR-100 it depends on ``--cifar100-labels`` (the r
 ``data.cifar100_labels``). Validation uses a part of the same slice; the test set and the private
 training data are never read.
 
-    python scripts/train_bridge.py --data-root ../shared/data
+    python scripts/train_bridge.py --data-root $DATA
     python scripts/train_bridge.py --dataset fashion_mnist --data-root $DATA --out bridge_fm.json
+
+``--data-root`` defaults to ``$FLOWER_EEC_DATA``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="CIFAR-100 only: the labels the held-out slice is stratified by, "
                         "the run's data.cifar100_labels (default coarse)")
     parser.add_argument("--data-root", default="", help=f"the dataset's folder or a parent, as "
-                        f"data.root (else ${DATA_ENV}, else ../shared/data next to the project)")
+                        f"data.root (default: ${DATA_ENV})")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help="check the files' md5s or image counts, as data.verify (default on)")
     parser.add_argument("--fraction", type=float, default=0.1,
@@ -88,7 +90,8 @@ def provenance(args: argparse.Namespace) -> str:
 
 
 def data_root(given: str) -> Path:
-    """--data-root, else $FLOWER_EEC_DATA, else ../shared/data beside the project folder."""
+    """--data-root, else $FLOWER_EEC_DATA; with neither, ../shared/data beside the clone (a
+    convenience for the developers' layout)."""
     if given:
         return Path(given)
     if os.environ.get(DATA_ENV):

@@ -10,6 +10,7 @@ import pytest
 from flower_eec.errors import ConfigError
 from flower_eec.run.config import (
     Config,
+    close_keys,
     flat_keys,
     from_json,
     from_run_config,
@@ -192,18 +193,34 @@ def test_an_exponent_without_a_dot_is_still_a_float() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "key"),
+    ("overrides", "key", "hint"),
     [
-        ({"train": {"lrr": 0.1}}, "train.lrr"),
-        ({"foo": 1}, "foo"),
-        ({"topology": {"mobility_rate": 0.1}}, "topology.mobility_rate"),
+        ({"train": {"lrr": 0.1}}, "train.lrr", "did you mean train.lr?"),
+        ({"topology": {"mobility_rate": 0.1}}, "topology.mobility_rate",
+         "did you mean topology.mobility?"),
+        ({"lr": 0.1}, "lr", "did you mean train.lr?"),  # by its last part
+        ({"trian": {"lr": 0.1}}, "trian", "did you mean train?"),  # a section
+        ({"train": {"epochs": 1}}, "train.epochs", "did you mean train.local_epochs?"),
+        # nothing close: the names beside it, not every key
+        ({"train": {"learning_rate": 0.1}}, "train.learning_rate",
+         "the keys of 'train': batch_size, edge_rounds, local_epochs, lr, momentum, rounds, "
+         "weight_decay"),
+        ({"foo": 1}, "foo", "the top-level keys and sections: checkpoint, data,"),
     ],
 )
-def test_an_unknown_key_is_a_config_error_naming_it(overrides: dict[str, Any], key: str) -> None:
+def test_an_unknown_key_is_a_config_error_naming_it_and_the_closest(
+        overrides: dict[str, Any], key: str, hint: str) -> None:
     with pytest.raises(ConfigError, match=f"unknown config key '{key}'") as caught:
         resolve(None, overrides)
-    # The message lists what is allowed.
-    assert "train.lr" in str(caught.value)
+    assert hint in str(caught.value)
+    assert "simulation.torch_threads" not in str(caught.value)  # not a list of all ~80 keys
+
+
+def test_close_keys_suggests_with_difflib() -> None:
+    keys = ["train.lr", "train.rounds", "train.edge_rounds", "data.alpha"]
+    assert close_keys("train.lrr", keys) == ["train.lr"]
+    assert close_keys("rounds", keys) == ["train.rounds"]
+    assert close_keys("model.width", keys) == []
 
 
 @pytest.mark.parametrize(
@@ -291,7 +308,8 @@ def test_from_run_config_reads_a_config_file(config_file: Path) -> None:
 
 
 def test_from_run_config_refuses_an_unknown_key() -> None:
-    with pytest.raises(ConfigError, match="unknown run_config key 'num-rounds'"):
+    with pytest.raises(ConfigError, match="unknown run_config key 'num-rounds'; did you mean "
+                                          r"train.rounds\?"):
         from_run_config({"method": "hierfavg", "num-rounds": 3})
 
 

@@ -1,6 +1,7 @@
 """Dataset loaders: real CIFAR-10/MNIST known answers, every accepted format, and every failure.
 
-Fake datasets are written to tmp_path; the real ones come from FLOWER_EEC_DATA or ../shared/data.
+Fake datasets are written to tmp_path; the real ones come from $FLOWER_EEC_DATA (unset, from
+../shared/data beside the clone, the developers' layout); tests that need them skip without them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from flower_eec.errors import ConfigError, DataError
 
 
 def shared_data_root() -> Path:
-    """The real-data folder: $FLOWER_EEC_DATA, else ../shared/data next to the project."""
+    """The real-data folder: $FLOWER_EEC_DATA; unset, ../shared/data beside the clone (the
+    developers' layout)."""
     env = os.environ.get("FLOWER_EEC_DATA", "")
     return Path(env) if env else Path(__file__).parents[1].parent / "shared" / "data"
 

@@ -389,3 +389,13 @@ def test_a_device_state_rolled_back_is_caught_or_restored_from_disk(
     assert reports[2].stale == ({} if with_checkpoints else {2: (1, 2)})
     assert reports[2].restored == ({2: (1, 2)} if with_checkpoints else {})
     assert strategy.kept.expected == {0: 3, 1: 3, 2: 3, 3: 3}
+
+
+def test_a_pass_draws_its_augmentation_and_its_batch_order_from_different_streams() -> None:
+    from flower_eec.clients.device import round_generator
+
+    def draw(stream: int) -> torch.Tensor:
+        return torch.randperm(100, generator=round_generator(3, 2, 1, stream=stream))
+
+    assert torch.equal(draw(0), draw(0)) and torch.equal(draw(1), draw(1))  # reruns reproduce
+    assert not torch.equal(draw(0), draw(1))

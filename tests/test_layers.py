@@ -9,8 +9,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "flower_eec"
 # Higher imports lower, never the reverse; equal ranks may import each other only within a layer.
-RANK = {"errors": 0, "topology": 1, "models": 2, "data": 2, "core": 3, "protocol": 4, "grid": 5,
-        "strategies": 6, "clients": 6, "run": 7, "app": 8}
+RANK = {"errors": 0, "topology": 1, "progress": 1, "noise": 1, "models": 2, "data": 2, "core": 3,
+        "protocol": 4, "grid": 5, "strategies": 6, "clients": 6, "run": 7, "app": 8}
 
 
 def _layer(module: str) -> str:

@@ -9,13 +9,25 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.ticker import MaxNLocator
 
 from flower_eec.errors import ConfigError
+from flower_eec.run import results
 from flower_eec.run.config import Config, resolve, to_dict
-from flower_eec.run.results import LINKS, Recorder, write_metrics_csv
+from flower_eec.run.results import (
+    LINKS,
+    Recorder,
+    accuracy_figure,
+    comm_figure,
+    write_metrics_csv,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -203,7 +215,9 @@ def test_a_folder_that_holds_a_run_is_refused_unless_overwrite(config: Config,
     (out / "notes.txt").write_text("mine")  # a file of the user's: never removed
 
     with pytest.raises(ConfigError, match=r"already holds a run \(results.json, metrics.csv, "
-                                          r"accuracy.png, comm.png\).*--overwrite"):
+                                          r"accuracy.png, comm.png\).*--resume \(under flwr run: "
+                                          r"overrides='resume=true'\).*--overwrite \(under flwr "
+                                          r"run: overrides='overwrite=true'\)"):
         Recorder(config, out)
     assert json.loads((out / "results.json").read_text())["status"] == "finished"
 
@@ -252,3 +266,103 @@ def test_a_run_that_fails_before_its_first_round_leaves_nothing(config: Config,
                                                                 tmp_path: Path) -> None:
     Recorder(config, tmp_path / "run").fail("ConfigError: bad")
     assert not (tmp_path / "run").exists()
+
+
+# --- plots a paper can use ----------------------------------------------------------------------
+
+
+def _drawn(fig: Figure) -> Figure:
+    FigureCanvasAgg(fig).draw()  # lays out and makes the tick labels, as saving does
+    return fig
+
+
+def _fake_plot(titles: list[str]) -> Any:
+    def plot(_rounds: list[dict[str, Any]], path: Path, title: str) -> None:
+        titles.append(title)
+        path.write_bytes(PNG)
+    return plot
+
+
+def test_plot_titles_name_method_dataset_profile_and_seed(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    config = resolve(None, {"seed": 7, "train": {"rounds": 1}})
+    titles: list[str] = []
+    monkeypatch.setattr(results, "plot_accuracy", _fake_plot(titles))
+    monkeypatch.setattr(results, "plot_comm", _fake_plot(titles))
+    recorder = Recorder(config, tmp_path / "run")
+    recorder.add_round(rounds()[0])
+
+    recorder.finish()
+
+    assert titles == ["hierfavg on synthetic, profile smoke, seed 7"] * 2
+    assert accuracy_figure(rounds(), titles[0]).get_suptitle() == titles[0]
+    assert comm_figure(rounds(), titles[0]).get_suptitle() == titles[0]
+
+
+@pytest.mark.parametrize("count", [2, 3, 7, 40, 500])
+def test_rounds_are_ticked_in_whole_numbers(count: int) -> None:
+    many = [{"round": k, "cloud": {"accuracy": 0.5}, "comm_bytes": {
+        link: 1000 * (i + 1) for i, link in enumerate(LINKS)}} for k in range(1, count + 1)]
+
+    for fig in (accuracy_figure(many), comm_figure(many)):
+        for ax in _drawn(fig).axes:
+            assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert len(ticks) >= 2
+            assert all(float(t).is_integer() for t in ticks), ticks  # never 1.25, 1.5, ...
+
+
+def test_comm_plot_shows_every_link_on_its_own_line() -> None:
+    fig = comm_figure(rounds())
+
+    # Round 1 carried 400/800 bytes between devices and edges and 200 both ways between edges
+    # and the cloud; no round used device <-> cloud, which gets no panel.
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert list(panels) == ["device \u2194 edge", "edge \u2194 cloud"]
+    mib = 2**20
+    expected = {
+        "device \u2194 edge": {"device_to_edge": [400, 410, 0], "edge_to_device": [800, 0, 0]},
+        "edge \u2194 cloud": {"edge_to_cloud": [200, 0, 0], "cloud_to_edge": [200, 0, 0]}}
+    for title, links in expected.items():
+        ax = panels[title]
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert set(lines) == set(links)
+        for link, values in links.items():
+            assert np.asarray(lines[link].get_xdata()).tolist() == [1, 2, 3]
+            assert np.asarray(lines[link].get_ydata()) == pytest.approx(
+                [v / mib for v in values])
+            assert lines[link].get_visible() and max(values) / mib <= ax.get_ylim()[1]
+        up, down = lines.values()
+        # edge <-> cloud carried the same bytes both ways: the lines lie on each other, so each
+        # must still show by its colour, dash and marker
+        assert up.get_color() != down.get_color()
+        assert up.get_linestyle() != down.get_linestyle()
+        assert up.get_marker() != down.get_marker()
+
+
+def test_comm_plot_gives_device_cloud_traffic_a_third_panel() -> None:
+    record = {"round": 1, "comm_bytes": {link: 0 for link in LINKS} | {"cloud_to_device": 5}}
+
+    titles = [ax.get_title() for ax in comm_figure([record]).axes]
+
+    assert titles == ["device \u2194 cloud"]
+
+
+def test_plots_are_readable_at_their_saved_size(tmp_path: Path) -> None:
+    for draw, save in ((accuracy_figure, results.plot_accuracy),
+                       (comm_figure, results.plot_comm)):
+        fig = _drawn(draw(rounds(), "hierfavg on synthetic, profile smoke, seed 0"))
+        texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+        assert texts and min(float(t.get_fontsize()) for t in texts) >= 9
+        legend = fig.legends[0]
+        renderer = cast(FigureCanvasAgg, fig.canvas).get_renderer()
+        for ax in fig.axes:  # the legend sits below the panels, never on the data
+            assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+
+        path = tmp_path / "plot.png"
+        save(rounds(), path, title="t")
+        header = path.read_bytes()[:24]
+        assert header.startswith(PNG)
+        # 7 x 4 inches at 150 dpi
+        assert (int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")) == (
+            1050, 600)

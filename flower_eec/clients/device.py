@@ -46,9 +46,13 @@ def partition_id(context: Context) -> int:
     return int(value)  # type: ignore[arg-type]
 
 
-def round_generator(seed: int, server_round: int, device: int) -> torch.Generator:
-    """One random stream per (seed, round, device): reruns reproduce, devices and rounds differ."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + server_round) * 100_003 + device)
+def round_generator(seed: int, server_round: int, device: int, stream: int = 0
+                    ) -> torch.Generator:
+    """One random stream per (seed, round, device, stream): reruns reproduce; devices, rounds
+    and streams (e.g. a pass's augmentation and its batch order) differ. (Torch's CPU generator
+    keeps the seed's low 32 bits, so a stream shifts those.)"""
+    base = (seed * 1_000_003 + server_round) * 100_003 + device
+    return torch.Generator().manual_seed((base + stream * 0x9E3779B1) % (1 << 32))
 
 
 def state_round(context: Context) -> int:
@@ -82,7 +86,8 @@ class Device:
     test_data_fn : Callable[[Context], Images], optional
         This node's test data for the ``evaluate`` handlers (default: no local evaluation).
     torch_device : str (default: "cpu")
-        Where the model trains.
+        Where the model trains. A subclass may choose per node instead, by overriding
+        ``torch_device_for`` (our app's devices read it from the run config).
     """
 
     handlers: ClassVar[dict[str, str]] = {}
@@ -98,9 +103,13 @@ class Device:
         """Add ``query.describe`` and this device's handlers to ``app``."""
         register(app, self)
 
+    def torch_device_for(self, context: Context) -> torch.device:
+        """Where this node's models compute: ``torch_device`` (a subclass may decide per node)."""
+        return self.torch_device
+
     def model(self, context: Context) -> nn.Module:
-        """A fresh model from ``model_fn``, on ``torch_device``."""
-        return self.model_fn(context).to(self.torch_device)
+        """A fresh model from ``model_fn``, on ``torch_device_for(context)``."""
+        return self.model_fn(context).to(self.torch_device_for(context))
 
     def kept_model(self, context: Context, expected: int = -1) -> tuple[nn.Module, int]:
         """The model this device kept after round ``expected`` (0: a fresh one; -1: whatever
@@ -121,7 +130,8 @@ class Device:
             return model, have
         saved = self.kept_file(context, expected) if expected > 0 else None
         if saved is not None and saved.is_file():
-            model.load_state_dict(torch.load(saved, weights_only=True))
+            # map_location: a file saved from a GPU also loads where no GPU is
+            model.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
             log(INFO, "Device %d: its state holds the model of round %d, not of round %d as "
                 "expected: restored that one from %s", partition_id(context), have, expected,
                 saved)

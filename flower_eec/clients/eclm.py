@@ -1,8 +1,8 @@
 """The device side of ECLM: report module use and budget, then adapt the sub-model the cloud sends.
 
-ECLM (ALGORITHMS.md, section 5). The cloud owns the modular model: every message carries its shape
-(and, for ``train.adapt``, the modules of the device's sub-model), so a device needs no model of its
-own, only its data and its budget. Both may change over rounds (the paper's data-distribution
+ECLM (docs/methods.md, section ECLM). The cloud owns the modular model: every message carries its
+shape (and, for ``train.adapt``, the modules of the device's sub-model), so a device needs no model
+of its own, only its data and its budget. Both may change over rounds (the paper's data-distribution
 shifts and resource fluctuations): the device answers for the round the message names.
 """
 
@@ -80,7 +80,7 @@ class ECLMDevice(Device):
         This node's ``(train, test)`` data at a round, for data that shifts over time; replaces
         ``train_data_fn`` and ``test_data_fn`` in ``query.route`` and ``train.adapt``.
     torch_device : str (default: "cpu")
-        Where the sub-model runs.
+        Where the sub-model runs (per node: override ``torch_device_for``).
     """
 
     handlers: ClassVar[dict[str, str]] = {names.ROUTE: "route", names.ADAPT: "adapt"}
@@ -99,22 +99,23 @@ class ECLMDevice(Device):
         test = self.test_data_fn(context) if self.test_data_fn is not None else None
         return self.train_data_fn(context), test
 
-    def submodel(self, knobs: Knobs, kept: Sequence[Sequence[int]] | None = None) -> ModularNet:
+    def submodel(self, context: Context, knobs: Knobs,
+                 kept: Sequence[Sequence[int]] | None = None) -> ModularNet:
         """The modular model the message describes (``kept``: its modules per layer; all if None),
-        on ``torch_device``."""
+        on ``torch_device_for(context)``."""
         model = ModularNet(knobs.get(names.NUM_CLASSES, int), knobs.get(names.IN_CHANNELS, int),
                            layers=knobs.get(names.LAYERS, int),
                            modules=knobs.get(names.MODULES, int),
                            top_k=knobs.get(names.TOP_K, int),
                            channels=knobs.get(names.CHANNELS, int), kept=kept,
                            selector_norm=knobs.get(names.SELECTOR_NORM, bool))
-        return model.to(self.torch_device)
+        return model.to(self.torch_device_for(context))
 
     def route(self, msg: Message, context: Context) -> Message:
         """``query.route``: module use of the received stem and selector on the current data."""
         knobs = Knobs.of(msg)
         server_round = knobs.server_round
-        model = self.submodel(knobs)
+        model = self.submodel(context, knobs)
         _load(model, _only_record(msg), need_all=False)
         train, _ = self.data_at(context, server_round)
         usage = module_use(model, train, knobs.get(names.EVAL_BATCH_SIZE, int)).astype(np.float32)
@@ -132,7 +133,7 @@ class ECLMDevice(Device):
         server_round = knobs.server_round
         settings = TrainSettings.from_knobs(knobs)
         batch = knobs.get(names.EVAL_BATCH_SIZE, int)
-        model = self.submodel(knobs, kept_modules(knobs))
+        model = self.submodel(context, knobs, kept_modules(knobs))
         _load(model, _only_record(msg), need_all=True)
         model.freeze_selector()
         train, test = self.data_at(context, server_round)

@@ -26,7 +26,7 @@ from flower_eec.clients.device import (
     state_round,
 )
 from flower_eec.core.bsbodp import Distillation, distil_pass, logits_on
-from flower_eec.core.learning import Images, evaluate
+from flower_eec.core.learning import SPIKE, Images, evaluate
 from flower_eec.core.losses import SKR
 from flower_eec.data.augment import augment, normalise
 from flower_eec.errors import PayloadError
@@ -183,7 +183,7 @@ class FedAggDevice(Device):
         settings = Distillation(
             T=knobs.get(names.TEMPERATURE, float), beta=knobs.get(names.BETA_LEAF, float),
             lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, batch_size=s.batch_size,
-            clip=knobs.get(names.CLIP, float),
+            clip=knobs.get(names.CLIP, float), spike=0.0 if fidelity else SPIKE,
             skr=SKR(self_knowledge=knobs.get(names.SKR_SELF_KNOWLEDGE, bool),
                     swap=knobs.get(names.SKR_SWAP, bool)) if rectify else None)
         # fidelity: the demo draws the augmentation once and passes in a fixed order
@@ -197,7 +197,7 @@ class FedAggDevice(Device):
         metrics: dict[str, Any] = distil_pass(
             model, samples, data.y, torch.from_numpy(teacher.logits), settings, real=real,
             gamma=knobs.get(names.GAMMA, float), shuffle=not fidelity,
-            generator=round_generator(s.seed, server_round, device))
+            generator=round_generator(s.seed, server_round, device, stream=1))
         own = logits_on(model, samples, knobs.get(names.LOGITS_BATCH, int), bn_train=fidelity)
         self.keep(context, model, server_round, knobs.get(names.KEEP_FROM, int))
         metrics.update({names.NUM_EXAMPLES: len(data),

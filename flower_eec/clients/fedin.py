@@ -25,7 +25,15 @@ from flower_eec.clients.device import (
     round_generator,
 )
 from flower_eec.core.fedin_qp import conflict_direction
-from flower_eec.core.learning import Images, Step, evaluate, minibatches, sgd, train_epochs
+from flower_eec.core.learning import (
+    SKIPPED_STEPS,
+    Images,
+    Step,
+    evaluate,
+    minibatches,
+    sgd,
+    train_epochs,
+)
 from flower_eec.data.augment import normalise
 from flower_eec.errors import PayloadError
 from flower_eec.protocol import names
@@ -114,7 +122,7 @@ def train_aligned(model: nn.Module, data: Images, received: FeaturePayload, *, m
     return {"train_loss": stats.loss, "train_accuracy": stats.accuracy,
             "in_loss": stats.mean("in_loss"), "qp_steps": stats.steps,
             "qp_loc_binds": int(stats.extras.get("loc_binds", 0)),
-            "qp_in_binds": int(stats.extras.get("in_binds", 0))}
+            "qp_in_binds": int(stats.extras.get("in_binds", 0)), SKIPPED_STEPS: stats.skipped}
 
 
 @torch.no_grad()

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flower_eec.core.learning import Step, sgd
+from flower_eec import progress
+from flower_eec.core.learning import SKIPPED_STEPS, SPIKE, Step, sgd
 from flower_eec.core.losses import SKR, leaf_loss, nonleaf_loss
 
 
@@ -30,6 +31,8 @@ class Distillation:
         clip: Largest L2 norm of a step's gradient (all parameters together); 0: no clipping
             (the papers). Our stabiliser: rare gradient spikes in batch-8 passes can wreck a
             server model, which then teaches everyone below it.
+        spike: The guard of every step (``learning.sgd``): a step whose gradient norm is over
+            ``spike`` times the pass's running median is skipped; 0: only non-finite ones.
     """
 
     T: float = 3.0
@@ -40,6 +43,7 @@ class Distillation:
     batch_size: int = 8
     skr: SKR | None = None
     clip: float = 0.0
+    spike: float = SPIKE
 
 
 @torch.no_grad()
@@ -72,7 +76,8 @@ def distil_pass(student: nn.Module, samples: torch.Tensor, labels: torch.Tensor,
     the leaf loss: each batch adds ``gamma * CE`` on the same rows of ``real``.
 
     Returns:
-        The mean loss and the accuracy on the bridge samples over the pass.
+        The mean loss and the accuracy on the bridge samples over the pass, and the steps the
+        guard skipped.
     """
     device = next(student.parameters()).device
     n = len(samples)
@@ -92,6 +97,8 @@ def distil_pass(student: nn.Module, samples: torch.Tensor, labels: torch.Tensor,
                              skr=settings.skr)
         return Step(loss, logits, y)
 
-    stats = sgd(student, batches, kd, lr=settings.lr, momentum=settings.momentum,
-                weight_decay=settings.weight_decay, clip=settings.clip)
-    return {"distil_loss": stats.loss, "bridge_accuracy": stats.accuracy}
+    stats = sgd(student, progress.track(batches, len(batches), "distillation batches"), kd,
+                lr=settings.lr, momentum=settings.momentum,
+                weight_decay=settings.weight_decay, clip=settings.clip, spike=settings.spike)
+    return {"distil_loss": stats.loss, "bridge_accuracy": stats.accuracy,
+            SKIPPED_STEPS: stats.skipped}

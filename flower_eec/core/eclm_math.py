@@ -1,7 +1,8 @@
 """ECLM's math as small pure functions: load balancing, module use, sub-models, module-wise merging.
 
-ECLM: "Edge-Cloud Collaborative Learning with Block-Level Decomposition" (ALGORITHMS.md, section
-5). Which modules a budget buys and how returned modules are weighted are our reconstruction.
+ECLM (Zhuang et al., "ECLM: Efficient Edge-Cloud Collaborative Learning with Continuous
+Environment Adaptation", arXiv 2311.11083; docs/methods.md, section ECLM). Which modules a budget
+buys and how returned modules are weighted are our reconstruction.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Training and routing statistics of ECLM's modular model (the cloud's offline stage, devices).
 
 ECLM's "module ability-enhancing training": cross-entropy plus a load-balancing loss on the
-selector, so that modules specialise without collapsing onto a few (ALGORITHMS.md, section 5).
+selector, so that modules specialise without collapsing onto a few (docs/methods.md, section ECLM).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from flower_eec.core.eclm_math import load_balancing_loss, routing_mass
-from flower_eec.core.learning import Images, Step, minibatches, sgd
+from flower_eec.core.learning import SKIPPED_STEPS, Images, Step, minibatches, sgd
 from flower_eec.data.augment import normalise
 from flower_eec.models.modular import ModularNet
 
@@ -46,7 +46,8 @@ def train_modular(model: ModularNet, data: Images, *, epochs: int, batch_size: i
                                    device=device),
                 routed, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return {"train_loss": stats.loss, "train_accuracy": stats.accuracy,
-            "train_lb_loss": stats.extras.get("lb", 0.0) / max(stats.examples, 1)}
+            "train_lb_loss": stats.extras.get("lb", 0.0) / max(stats.examples, 1),
+            SKIPPED_STEPS: stats.skipped}
 
 
 @torch.no_grad()

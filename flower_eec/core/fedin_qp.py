@@ -1,7 +1,7 @@
 """FedIN's gradient-conflict QP (Chan et al., arXiv 2304.00759), solved exactly through its dual.
 
-Our reconstruction (ALGORITHMS.md, section 4): the update direction ``d`` solves
-``min_d 1/2 ||d - (g_loc + mu g_in)||^2  s.t.  <d, g_loc> >= 0, <d, g_in> >= 0``.
+Our reconstruction (docs/methods.md, section FedIN and HeteroAvg): the update direction ``d``
+solves ``min_d 1/2 ||d - (g_loc + mu g_in)||^2  s.t.  <d, g_loc> >= 0, <d, g_in> >= 0``.
 Since ``d`` stays in span(g_loc, g_in), both constraints hold with equality only at ``d = 0``,
 which needs opposite gradients; in practice at most one binds per step.
 """

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from logging import WARNING
 from typing import Any
 
 import torch
+from flwr.common.logger import log
 from torch import nn
 from torch.nn import functional as F
 
@@ -52,6 +57,28 @@ def minibatches(data: Images, *, epochs: int, batch_size: int, augmented: bool, 
             yield x, data.y[index].to(device)
 
 
+SKIPPED_STEPS = "skipped_steps"  # the metric of training replies: steps the guard skipped
+SPIKE = 20.0  # a step whose gradient norm is over this many times the running median is skipped
+SPIKE_WINDOW = 50  # the running median's window: the pass's last applied steps
+SPIKE_WARMUP = 5  # applied steps before the median is trusted
+
+
+def step_problem(loss: float, norm: float, recent: Sequence[float], spike: float) -> str | None:
+    """Why a step must not be applied, or None: a non-finite loss or gradient norm, or (with
+    ``spike`` > 0 and at least ``SPIKE_WARMUP`` ``recent`` norms) a norm over ``spike`` times
+    their median."""
+    if not math.isfinite(loss):
+        return f"non-finite loss ({loss})"
+    if not math.isfinite(norm):
+        return f"non-finite gradient norm ({norm})"
+    if spike > 0 and len(recent) >= SPIKE_WARMUP:
+        median = statistics.median(recent)
+        if norm > spike * median:
+            return (f"gradient norm {norm:.4g} is over {spike:g} times the pass's running "
+                    f"median ({median:.4g})")
+    return None
+
+
 @dataclass
 class Step:
     """What one mini-batch's objective computed for ``sgd``.
@@ -75,10 +102,12 @@ class Step:
 
 @dataclass
 class PassStats:
-    """What an ``sgd`` pass saw: example-weighted loss and accuracy, per-step sums of extras."""
+    """What an ``sgd`` pass saw: example-weighted loss and accuracy, per-step sums of extras
+    (over the applied steps), and how many steps the guard skipped."""
 
     examples: int = 0
     steps: int = 0
+    skipped: int = 0
     loss_sum: float = 0.0
     correct: int = 0
     extras: dict[str, float] = field(default_factory=dict)
@@ -98,32 +127,45 @@ class PassStats:
 
 def sgd(model: nn.Module, batches: Iterable[Any], objective: Callable[[Any], Step], *, lr: float,
         momentum: float = 0.9, weight_decay: float = 0.0, clip: float = 0.0,
-        params: Sequence[torch.Tensor] | None = None) -> PassStats:
+        params: Sequence[torch.Tensor] | None = None, spike: float = SPIKE) -> PassStats:
     """The one SGD loop: a fresh optimiser, then per batch ``objective(batch)``, its backward
-    pass, optional clipping and a step. Every training pass of the project runs through it.
+    pass, a guard, optional clipping and a step. Every training pass of the project runs
+    through it.
+
+    The guard skips (does not apply) a step whose loss or gradient norm is not finite, or whose
+    gradient norm is over ``spike`` times the median of the pass's last applied steps (see
+    ``step_problem``); each skip is logged and counted in ``PassStats.skipped``.
 
     Args:
         batches: What ``objective`` takes, one item per step.
         clip: Largest L2 norm of a step's gradient (all parameters together); 0: no clipping.
         params: The parameters to train (default: all of ``model``'s).
+        spike: The guard's factor; 0: only non-finite steps are skipped.
     """
     params = list(model.parameters()) if params is None else list(params)
     optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
     stats = PassStats()
+    recent: deque[float] = deque(maxlen=SPIKE_WINDOW)
     for batch in batches:
         optimiser.zero_grad(set_to_none=True)
         step = objective(batch)
         if not step.gradients_set:
             step.loss.backward()
-        if clip > 0:
-            nn.utils.clip_grad_norm_(params, clip)
+        reported = step.loss if step.reported_loss is None else step.reported_loss
+        loss = float(reported.detach())
+        norm = float(nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf))
+        problem = step_problem(loss, norm, recent, spike)
+        if problem:
+            stats.skipped += 1
+            log(WARNING, "Skipped a training step of %s: %s", type(model).__name__, problem)
+            continue
+        recent.append(norm)
         optimiser.step()
         n = len(step.labels)
         stats.examples += n
         stats.steps += 1
-        reported = step.loss if step.reported_loss is None else step.reported_loss
-        stats.loss_sum += float(reported.detach()) * n
+        stats.loss_sum += loss * n
         stats.correct += int((step.logits.detach().argmax(1) == step.labels).sum())
         for key, value in step.extras.items():
             stats.extras[key] = stats.extras.get(key, 0.0) + value
@@ -132,10 +174,12 @@ def sgd(model: nn.Module, batches: Iterable[Any], objective: Callable[[Any], Ste
 
 def train_epochs(model: nn.Module, data: Images, *, epochs: int, batch_size: int, lr: float,
                  momentum: float = 0.9, weight_decay: float = 0.0, augmented: bool = True,
-                 cutout: int = 0, generator: torch.Generator | None = None) -> dict[str, float]:
+                 cutout: int = 0, generator: torch.Generator | None = None,
+                 spike: float = SPIKE) -> dict[str, float]:
     """SGD with cross-entropy for ``epochs`` passes over shuffled mini-batches.
 
-    Returns the mean training loss and accuracy over all seen examples.
+    Returns the mean training loss and accuracy over all seen examples, and the steps the
+    guard skipped (``skipped_steps``; see ``sgd``).
     """
     device = next(model.parameters()).device
 
@@ -147,8 +191,9 @@ def train_epochs(model: nn.Module, data: Images, *, epochs: int, batch_size: int
     stats = sgd(model, minibatches(data, epochs=epochs, batch_size=batch_size,
                                    augmented=augmented, cutout=cutout, generator=generator,
                                    device=device),
-                cross_entropy, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return {"train_loss": stats.loss, "train_accuracy": stats.accuracy}
+                cross_entropy, lr=lr, momentum=momentum, weight_decay=weight_decay, spike=spike)
+    return {"train_loss": stats.loss, "train_accuracy": stats.accuracy,
+            SKIPPED_STEPS: stats.skipped}
 
 
 @torch.no_grad()

@@ -1,13 +1,18 @@
 """Split a training set across devices (IID, Dirichlet, pathological) and draw per-device subsets.
 
 Pure numpy; every function is deterministic given its seed, and each partition scheme puts every
-training example on exactly one device.
+training example on exactly one device. ``partition`` also hands a split to a Flower Datasets
+partitioner (``scheme="flwr_datasets:<Name>"``, see ``flower_eec.data.flwr_partitioners``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
+from flower_eec.data import flwr_partitioners
 from flower_eec.errors import ConfigError, DataError
 
 SCHEMES = ("iid", "dirichlet", "pathological")
@@ -152,15 +157,28 @@ def partition(
     alpha: float = 1.0,
     classes_per_device: int = 2,
     min_size: int = 10,
+    partitioner_args: Mapping[str, Any] | None = None,
 ) -> list[np.ndarray]:
-    """Split the indices of `labels` over devices by scheme: "iid", "dirichlet", "pathological"."""
+    """Split the indices of `labels` over devices by scheme: "iid", "dirichlet", "pathological",
+    or "flwr_datasets:<Name>" (that Flower Datasets partitioner, built with `partitioner_args`;
+    `seed`, `alpha`, `classes_per_device` and `min_size` fill the arguments it leaves out)."""
+    if flwr_partitioners.is_flwr_datasets(scheme):
+        labels = _as_labels(labels)
+        _check_devices(num_devices, len(labels))
+        return flwr_partitioners.partition(
+            labels, num_devices, scheme, partitioner_args or {}, seed=seed, alpha=alpha,
+            classes_per_device=classes_per_device, min_size=min_size)
+    if partitioner_args:
+        raise ConfigError("partitioner_args apply only to a flwr_datasets:<Partitioner> scheme, "
+                          f"not to {scheme!r}")
     if scheme == "iid":
         return iid(labels, num_devices, seed)
     if scheme == "dirichlet":
         return dirichlet(labels, num_devices, alpha, seed, min_size=min_size)
     if scheme == "pathological":
         return pathological(labels, num_devices, classes_per_device, seed)
-    raise ConfigError(f"unknown partition scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
+    raise ConfigError(f"unknown partition scheme {scheme!r}; allowed: {', '.join(SCHEMES)}, or "
+                      f"{flwr_partitioners.PREFIX}<Partitioner> (a Flower Datasets partitioner)")
 
 
 def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:

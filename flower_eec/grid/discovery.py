@@ -16,19 +16,35 @@ from flower_eec.protocol.replies import missing_handler
 
 
 def wait_for_nodes(grid: Grid, expected: int, timeout: float = 60.0) -> list[int]:
-    """Node ids once ``expected`` nodes have registered; a mismatch is a ConfigError, not a hang."""
-    deadline = time.monotonic() + timeout
+    """Node ids once ``expected`` nodes have registered; a mismatch is a ConfigError, not a hang.
+
+    More nodes than expected is an error at once; fewer, once ``timeout`` seconds have passed
+    without the rest registering (a line says what is awaited after the first second).
+    """
+    started = time.monotonic()
+    said = False
     while True:
         node_ids = sorted(grid.get_node_ids())
-        if len(node_ids) >= expected or time.monotonic() > deadline:
+        waited = time.monotonic() - started
+        if len(node_ids) >= expected or waited > timeout:
             break
+        if not said and waited >= 1.0:
+            log(INFO, "Waiting up to %g s for %d nodes to register (%d so far)", timeout,
+                expected, len(node_ids))
+            said = True
         time.sleep(0.2)
     if len(node_ids) != expected:
-        raise ConfigError(
-            f"the federation has {len(node_ids)} nodes but topology.num_devices is {expected}: "
-            f"run with --federation-config \"num-supernodes={expected}\" "
-            f"(or set topology.num_devices={len(node_ids)})")
+        raise ConfigError(node_count_problem(len(node_ids), expected, timeout))
     return node_ids
+
+
+def node_count_problem(found: int, expected: int, waited: float) -> str:
+    """What to tell a user whose federation has ``found`` nodes where ``expected`` are needed
+    (after waiting ``waited`` seconds for the missing ones)."""
+    after = f" after {waited:g} s (simulation.node_wait)" if found < expected else ""
+    return (f"the federation has {found} nodes but topology.num_devices is {expected}{after}: "
+            f"run with --federation-config \"num-supernodes={expected}\" "
+            f"(or set topology.num_devices={found})")
 
 
 def _ask(grid: Grid, node_ids: list[int], deadline: float) -> list[Message]:
@@ -81,6 +97,7 @@ def discover(grid: Grid, node_ids: list[int], wait: float = 60.0,
     """
     if not node_ids:
         return {}
+    log(INFO, "Asking the %d devices who they are", len(node_ids))
     deadline = time.monotonic() + wait
     probe = _ask(grid, node_ids[:1], deadline)
     if not probe:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from flower_eec.core.learning import SKIPPED_STEPS
 from flower_eec.grid.forwarding import ForwardingGrid
 
 
@@ -32,6 +33,7 @@ class Traffic:
     replies: int = 0
     errors: int = 0
     device_compute_s: float = 0.0
+    skipped_steps: int = 0  # training steps the devices' guard skipped (their replies' metric)
     failed: dict[int, str] = field(default_factory=dict)  # node id -> why it gave no result
 
 
@@ -103,3 +105,6 @@ class MeteredGrid(ForwardingGrid):
                     compute = metrics.get("compute_s")
                     if isinstance(compute, float):
                         traffic.device_compute_s += compute
+                    skipped = metrics.get(SKIPPED_STEPS)
+                    if isinstance(skipped, int):
+                        traffic.skipped_steps += skipped

@@ -1,9 +1,9 @@
 """FedIN's depth-heterogeneous ResNets (Chan et al., arXiv 2304.00759) and their split over devices.
 
-Our reconstruction (ALGORITHMS.md, section 4): every depth shares the extractor E (stem + a
-one-block stage 1, ResNet-10's) and the classifier C; the intermediate layers IN (stages 2-4) take
-the zoo's block counts of the named depth, so a shallower model's tensors are a subset of a
-deeper one's, with equal names and shapes.
+Our reconstruction (docs/methods.md, section FedIN and HeteroAvg): every depth shares the
+extractor E (stem + a one-block stage 1, ResNet-10's) and the classifier C; the intermediate
+layers IN (stages 2-4) take the zoo's block counts of the named depth, so a shallower model's
+tensors are a subset of a deeper one's, with equal names and shapes.
 """
 
 from __future__ import annotations

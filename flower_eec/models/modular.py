@@ -1,8 +1,9 @@
 """ECLM's modular model: stem, L layers of M interchangeable modules, a unified selector, a head.
 
-ECLM: "Edge-Cloud Collaborative Learning with Block-Level Decomposition" (the seed document of
-ALGORITHMS.md, section 5). The layout below (ResNet basic blocks as modules, one FC selector over
-pooled stem features, top-k gating) is our reconstruction.
+ECLM (Zhuang et al., "ECLM: Efficient Edge-Cloud Collaborative Learning with Continuous
+Environment Adaptation", arXiv 2311.11083; docs/methods.md, section ECLM). The layout below (ResNet
+basic blocks as modules, one FC selector over pooled stem features, top-k gating) is our
+reconstruction.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class ModularNet(nn.Module):
         kept: Module indices held per layer (a sub-model); ``None`` holds all of them.
         selector_norm: Standardise the pooled features (BatchNorm without affine terms) before
             the selector's linear layer, so that the gates depend on the input more than on
-            the selector's bias (our addition against module collapse; README, ECLM).
+            the selector's bias (our addition against module collapse; docs/methods.md, ECLM).
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, layers: int = 3,

@@ -40,6 +40,8 @@ SERVER_ROUND = "server-round"
 CHECKPOINT_DIR = "checkpoint-dir"  # node config: the folder where a device keeps past models
 NUM_EXAMPLES = "num-examples"
 EVAL_BATCH_SIZE = "eval-batch-size"  # images per no-grad forward pass (evaluating, routing)
+ADAPT_EPOCHS = "adapt-epochs"  # evaluate: train a copy this many epochs on the current
+# local data first (WeightsDevice; 0: evaluate as received)
 
 # --- FedIN/HeteroAvg knobs (``config`` record of train.fedin; source: FedIN's constructor) ---
 MU = "mu"  # weight of the IN-alignment gradient in the conflict QP's target

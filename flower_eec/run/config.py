@@ -6,8 +6,10 @@ section for the profile, then ``key=value`` overrides.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, make_dataclass
 from functools import cache
 from pathlib import Path
@@ -31,7 +33,17 @@ ORPHANS = ("skip", "cloud")
 
 @dataclass
 class DataConfig:
-    """Which dataset, where it lives, and how it is split over devices."""
+    """Which dataset, where it lives, and how it is split over devices.
+
+    ``shift_every``: FedAvg's devices get a new Dirichlet(``alpha``) deal of the training pool
+    every N rounds (0: never), the label shift of ECLM's ``eclm.shift_every`` (see
+    ``flower_eec.run.shift``): FedAvg runs on ECLM's shifting data. Other methods: 0
+    (``OPTIONAL_KEYS``).
+
+    ``partition``: one of ``PARTITIONS``, or ``flwr_datasets:<Name>`` for a Flower Datasets
+    partitioner (the ``flwr-datasets`` extra), built with ``partitioner_args`` as its keyword
+    arguments (see ``flower_eec.data.flwr_partitioners``).
+    """
 
     dataset: str = "synthetic"
     root: str = ""
@@ -39,6 +51,7 @@ class DataConfig:
     subset: float = 1.0
     holdout: float = 0.0
     partition: str = "dirichlet"
+    partitioner_args: dict[str, Any] = field(default_factory=dict)
     alpha: float = 1.0
     classes_per_device: int = 2
     min_size: int = 10
@@ -48,6 +61,7 @@ class DataConfig:
     augment: bool = True
     cutout: int = 0
     cifar100_labels: str = "coarse"
+    shift_every: int = 0
 
 
 @dataclass
@@ -96,12 +110,19 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """What is evaluated, and how often (every N rounds; the last round always)."""
+    """What is evaluated, and how often (every N rounds; the last round always).
+
+    ``adapt_epochs``: FedAvg's devices train a copy of the received model on their current
+    local data for this many epochs (the run's train settings) before testing it, the local
+    adaptation ECLM's devices make before they test (0: test the model as received). Other
+    methods: 0 (``OPTIONAL_KEYS``).
+    """
 
     every: int = 1
     edges: bool = True
     devices: bool = True
     batch_size: int = 500
+    adapt_epochs: int = 0
 
 
 @dataclass
@@ -197,6 +218,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 
+# Shared keys that only some methods read (``Method.options``); other methods need them at 0.
+OPTIONAL_KEYS = ("data.shift_every", "eval.adapt_epochs")
+
 # Keys of Flower's run_config that are not schema keys (see pyproject's [tool.flwr.app.config]).
 RUN_CONFIG_KEYS = ("method", "profile", "config-file", "overrides", "out", "config-json")
 
@@ -228,9 +252,51 @@ def _explain(exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", "") or ""
     first = str(exc).splitlines()[0]
     if "Key" in first and "not in" in first:
-        return (f"unknown config key '{key}'. Allowed keys: "
-                f"{', '.join(sorted(flat_keys()))}")
+        return unknown_key("config key", key, schema_names())
     return f"bad value for '{key}': {first}"
+
+
+def unknown_key(kind: str, key: str, known: Iterable[str]) -> str:
+    """The message for an unknown ``key``: the closest of the ``known`` dotted keys, or, when
+    none is close, the names that exist beside it (never all ~80 keys)."""
+    known = sorted(set(known))
+    close = close_keys(key, known)
+    if close:
+        return f"unknown {kind} '{key}'; did you mean {' or '.join(close)}?"
+    section = key.rpartition(".")[0]
+    inside = [k[len(section) + 1:] for k in known if k.startswith(f"{section}.")]
+    if not section or not inside:
+        section, inside = "", known
+    names = sorted({name.split(".")[0] for name in inside})
+    where = f"the keys of '{section}'" if section else "the top-level keys and sections"
+    return (f"unknown {kind} '{key}'; {where}: {', '.join(names)} "
+            "(`flower-eec show` lists every key with its value)")
+
+
+def close_keys(key: str, known: list[str], n: int = 3) -> list[str]:
+    """Up to ``n`` known keys close to ``key`` (difflib): by the whole dotted key, else by its
+    last part (``lr`` -> ``train.lr``)."""
+    close = difflib.get_close_matches(key, known, n=n, cutoff=0.75)
+    if close:
+        return close
+    by_leaf: dict[str, list[str]] = {}
+    for name in known:
+        by_leaf.setdefault(name.rpartition(".")[2], []).append(name)
+    leaves = difflib.get_close_matches(key.rpartition(".")[2], list(by_leaf), n=n, cutoff=0.75)
+    return [name for leaf in leaves for name in by_leaf[leaf]][:n]
+
+
+def schema_names(tree: dict[str, Any] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted name of the schema: its keys and its sections (``train``, ``train.lr``)."""
+    if tree is None:
+        tree = OmegaConf.to_container(_schema())  # type: ignore[assignment]
+        assert tree is not None
+    names = []
+    for key, value in tree.items():
+        names.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            names += schema_names(value, f"{prefix}{key}.")
+    return names
 
 
 def flat_keys() -> list[str]:
@@ -345,8 +411,7 @@ def from_run_config(run_config: dict[str, Any]) -> Config:
         if value == "" or key in ("config-file", "overrides", "config-json"):
             continue
         if key not in known and key not in RUN_CONFIG_KEYS:
-            raise ConfigError(f"unknown run_config key '{key}'. Allowed: "
-                              f"{', '.join(RUN_CONFIG_KEYS)} and {', '.join(sorted(known))}")
+            raise ConfigError(unknown_key("run_config key", key, [*RUN_CONFIG_KEYS, *known]))
         node = overrides
         *parents, leaf = key.split(".")
         for part in parents:
@@ -393,13 +458,22 @@ def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def validate(config: Config) -> None:
     """Check values beyond their types; raise ConfigError naming the key and what is allowed."""
+    from flower_eec.data import flwr_partitioners
     from flower_eec.models import MODEL_NAMES
 
     choice("method", config.method, tuple(method_names()))
     choice("profile", config.profile, PROFILES_NAMES)
     d, t, m, tr = config.data, config.topology, config.model, config.train
     choice("data.dataset", d.dataset, DATASETS)
-    choice("data.partition", d.partition, PARTITIONS)
+    if flwr_partitioners.is_flwr_datasets(d.partition):
+        # built once here (no data yet): a bad name or argument stops the run at start
+        flwr_partitioners.make_partitioner(
+            d.partition, d.partitioner_args, t.num_devices, seed=config.seed, alpha=d.alpha,
+            classes_per_device=d.classes_per_device, min_size=d.min_size)
+    else:
+        choice("data.partition", d.partition, PARTITIONS)
+        check(not d.partitioner_args, "data.partitioner_args", d.partitioner_args,
+              "{} unless data.partition is flwr_datasets:<Partitioner>")
     choice("data.cifar100_labels", d.cifar100_labels, ("coarse", "fine"))
     check(0 < d.subset <= 1, "data.subset", d.subset, "a fraction in (0, 1]")
     check(0 <= d.holdout < 1, "data.holdout", d.holdout, "a fraction in [0, 1)")
@@ -441,6 +515,13 @@ def validate(config: Config) -> None:
     check(config.simulation.timeout > 0, "simulation.timeout", config.simulation.timeout, "> 0")
     _validate_outages(t)
     entry = _entry(config.method)
+    for key in OPTIONAL_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        readers = [m for m in method_names() if key in _entry(m).options]
+        check(value >= 0, key, value, ">= 0 (0: off)")
+        check(value == 0 or key in entry.options, key, value,
+              f"0 unless method is {' or '.join(readers)} (the others do not read it)")
     if entry.check is not None:
         entry.check(config)
 

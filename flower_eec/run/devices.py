@@ -1,18 +1,20 @@
 """Our app's devices: model and data of a node from the run config's data and model sections.
 
-Only the *local settings* (dataset, partition, model name, seed) come from the run config; what a
-device does, and with which knobs, comes from each message (see ``flower_eec.clients``).
+Only the *local settings* (dataset, partition, model name, seed, torch device) come from the run
+config; what a device does, and with which knobs, comes from each message (see
+``flower_eec.clients``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
-from flwr.app import Context
+from flwr.app import Context, Message
 
-from flower_eec.clients.device import partition_id
-from flower_eec.core.learning import Images
+from flower_eec.clients.device import Device, partition_id
+from flower_eec.core.learning import Images, torch_device
 from flower_eec.errors import ConfigError
 from flower_eec.models import build_model
 from flower_eec.run.config import Config, from_run_config
@@ -25,18 +27,51 @@ def _config(key: tuple[tuple[str, object], ...]) -> Config:
     return from_run_config(dict(key))
 
 
+def torch_threads(msg: Message, context: Context,
+                  call_next: Callable[[Message, Context], Message]) -> Message:
+    """A ClientApp mod: each call computes with ``simulation.torch_threads`` threads, and the
+    process's own count is put back after it (an in-process grid shares the server's process,
+    whose compute must not be throttled)."""
+    if not context.run_config:
+        return call_next(msg, context)
+    before = torch.get_num_threads()
+    torch.set_num_threads(_config(tuple(sorted(context.run_config.items())))
+                          .simulation.torch_threads)
+    try:
+        return call_next(msg, context)
+    finally:
+        torch.set_num_threads(before)
+
+
 def device_setup(context: Context) -> tuple[Config, FederatedData, int]:
     """The run's config, its federated data and this device's index (its ``partition-id``)."""
     if not context.run_config:
         raise ConfigError("this ClientApp received an empty run_config; run it with `flwr run .` "
                           "from the project root, `flower-eec run`, or give LocalGrid a run_config")
     config = _config(tuple(sorted(context.run_config.items())))
-    torch.set_num_threads(config.simulation.torch_threads)
     device = partition_id(context)
     if not 0 <= device < config.topology.num_devices:
         raise ConfigError(f"this node's partition-id is {device} but topology.num_devices is "
                           f"{config.topology.num_devices}: run with as many SuperNodes as devices")
     return config, federated_data(config), device
+
+
+def app_torch_device(context: Context) -> torch.device:
+    """Where our app's devices compute: the run config's ``simulation.torch_device``.
+
+    ``auto`` is CUDA when this process sees a GPU. Ray hides the GPUs from device actors that
+    reserve no GPU share (``simulation.client_gpus=0``), so those compute on the CPU.
+    """
+    config, _, _ = device_setup(context)
+    return torch_device(config.simulation.torch_device)
+
+
+class AppDevice(Device):
+    """What our app's devices add to a device class: they compute where the run config says
+    (``app_torch_device``). Put it first among the bases: ``class D(AppDevice, WeightsDevice)``."""
+
+    def torch_device_for(self, context: Context) -> torch.device:
+        return app_torch_device(context)
 
 
 def train_data(context: Context) -> Images:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
 from datetime import datetime
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from flower_eec.core.learning import evaluate, torch_device
+from flower_eec.data import DATA_ENV
 from flower_eec.errors import ConfigError
+from flower_eec.grid.discovery import wait_for_nodes
 from flower_eec.grid.metered import MeteredGrid, Traffic
+from flower_eec.grid.watched import WatchedGrid
 from flower_eec.protocol.knobs import TrainSettings
 from flower_eec.run.config import (
     Config,
@@ -116,6 +122,8 @@ def round_recorder(grid: MeteredGrid, recorder: Recorder,
             "round": report.round, "cloud": report.cloud_metrics, "edges": report.edges,
             "devices": devices, "comm_bytes": comm_bytes,
             "timing": timing(traffic, exchange_s, report.server_s),
+            "skipped_steps": {"devices": sum(t.skipped_steps for t in traffic.values()),
+                              "server": report.skipped_steps},
             **(extra(report) if extra else {}),
         })
 
@@ -173,6 +181,23 @@ def start_point(config: Config) -> tuple[EvaluateFn, ArrayRecord]:
     return evaluate_fn, ArrayRecord(build_device_model(config, data, cloud).state_dict())
 
 
+def describe_run(config: Config, out: Path) -> str:
+    """The first line of a run: what runs, on how many devices, where its results go."""
+    return (f"Running {config.method} ({config.profile} profile): "
+            f"{config.topology.num_devices} devices, {config.train.rounds} rounds; "
+            f"results in {out}")
+
+
+def describe_data(config: Config) -> str:
+    """What loading the run's data does, said before it starts (it can take a while)."""
+    d, devices = config.data, config.topology.num_devices
+    if d.dataset == "synthetic":
+        return (f"Making synthetic data ({d.synthetic_train} training and {d.synthetic_test} "
+                f"test images) and splitting it over {devices} devices")
+    root = d.root or os.environ.get(DATA_ENV, "") or "nowhere (set data.root)"
+    return f"Loading {d.dataset} from {root} and splitting it over {devices} devices"
+
+
 def run(grid: Grid, config: Config) -> dict[str, Any]:
     """Run ``config.method`` on ``grid``; write and return the results. A run that raises is
     recorded as ``failed`` with the reason (its rounds so far kept), then the error goes on."""
@@ -181,10 +206,15 @@ def run(grid: Grid, config: Config) -> dict[str, Any]:
     entry = method(config.method)
     torch.manual_seed(config.seed)
     random.seed(config.seed)  # Flower's strategies sample nodes with Python's random
-    recorder = Recorder(config, results_dir(config), overwrite=config.overwrite,
-                        resume=config.resume)
+    out = results_dir(config)
+    log(INFO, "%s", describe_run(config, out))
+    recorder = Recorder(config, out, overwrite=config.overwrite, resume=config.resume)
     try:
-        entry.run(config, MeteredGrid(grid), recorder)
+        # a federation of the wrong size is told before the data is loaded
+        wait_for_nodes(grid, config.topology.num_devices, config.simulation.node_wait)
+        log(INFO, "%s", describe_data(config))
+        federated_data(config)  # cached: the method's own calls find it loaded
+        entry.run(config, MeteredGrid(WatchedGrid(grid)), recorder)
     except BaseException as exc:
         recorder.fail(f"{type(exc).__name__}: {exc}".strip().rstrip(":"))
         raise

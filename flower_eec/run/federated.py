@@ -5,6 +5,7 @@ Built once per process and cached, keyed by the settings that determine it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -78,6 +79,7 @@ def federated_data(config: Config) -> FederatedData:
         d.subset,
         d.holdout,
         d.partition,
+        json.dumps(d.partitioner_args, sort_keys=True),  # hashable, for the cache
         d.alpha,
         d.classes_per_device,
         d.min_size,
@@ -98,6 +100,7 @@ def _build(
     subset: float,
     holdout: float,
     scheme: str,
+    partitioner_args: str,
     alpha: float,
     classes_per_device: int,
     min_size: int,
@@ -125,6 +128,7 @@ def _build(
         alpha=alpha,
         classes_per_device=classes_per_device,
         min_size=min_size,
+        partitioner_args=json.loads(partitioner_args),
     )
     train = tuple(pool[shard] for shard in shards)
     test = tuple(

@@ -39,6 +39,10 @@ class Method:
             config), raising ``ConfigError``; run on every resolved config of this method.
         bridge: Tiers carry their own models and exchange logits on bridge samples (FedAgg's
             ``fedagg`` section applies, and the central evaluator knows every tier's model).
+        shift: The rounds between label shifts of its devices' data under a config
+            (``flower_eec.run.shift``; 0: never); None: its devices' data never shifts.
+        options: The keys of ``config.OPTIONAL_KEYS`` (shared keys only some methods read)
+            that it reads; a config of another method must leave them at 0.
     """
 
     name: str
@@ -47,6 +51,8 @@ class Method:
     sections: Mapping[str, type] = field(default_factory=dict)
     check: Callable[[Config], None] | None = None
     bridge: bool = False
+    shift: Callable[[Config], int] | None = None
+    options: tuple[str, ...] = ()
 
     @property
     def defaults(self) -> Path:

@@ -15,12 +15,16 @@ from functools import cache
 from importlib.metadata import version
 from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.common.logger import log
 
 from flower_eec.errors import ConfigError
 from flower_eec.run.config import Config, to_dict
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with this module
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 LINKS = ("device_to_edge", "edge_to_device", "edge_to_cloud", "cloud_to_edge",
          "device_to_cloud", "cloud_to_device")
@@ -158,8 +162,7 @@ class Recorder:
         with atomic_path(self.out / "metrics.csv") as path:
             write_metrics_csv(self.rounds, path)
         if plots and self.rounds:
-            c = self.config
-            title = f"{c.method} on {c.data.dataset}, profile {c.profile}, seed {c.seed}"
+            title = run_title(self.config)
             with atomic_path(self.out / "accuracy.png") as path:
                 plot_accuracy(self.rounds, path, title=title)
             with atomic_path(self.out / "comm.png") as path:
@@ -181,8 +184,9 @@ def claim(out: Path, overwrite: bool, keep: bool = False) -> None:
     previous = [name for name in (*RESULT_FILES, *RESULT_DIRS) if (out / name).exists()]
     if previous and not overwrite:
         raise ConfigError(f"{out} already holds a run ({', '.join(previous)}): go on with it "
-                          "with --resume (run config: resume=true), replace it with --overwrite "
-                          "(overwrite=true), or choose another --out")
+                          "with --resume (under flwr run: overrides='resume=true'), replace it "
+                          "with --overwrite (under flwr run: overrides='overwrite=true'), or "
+                          "choose another --out")
     lock.unlink(missing_ok=True)  # a lock whose process is gone
     try:
         descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -258,19 +262,32 @@ def write_metrics_csv(rounds: list[dict[str, Any]], path: Path) -> None:
                              devices.get("mean_local_loss", ""), "", *[""] * len(LINKS)])
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
+# Plots sized for a paper: 7 x 4 inches at 150 dpi, no text under 9 pt, legends outside the axes.
+FIGSIZE = (7.0, 4.0)
+DPI = 150
+TITLE_PT, LABEL_PT, TICK_PT = 11, 10, 9
+# Tier pairs of the comm plot, lower tier first; "up" is the link toward the cloud.
+TIER_PAIRS = (("device", "edge"), ("edge", "cloud"), ("device", "cloud"))
+# Up and down differ in colour, line style and marker, so a link whose bytes equal its
+# partner's still shows (a hollow circle around a cross).
+UP: dict[str, Any] = {"color": "C0", "linestyle": "-", "marker": "o", "markerfacecolor": "none",
+                      "markersize": 7}
+DOWN: dict[str, Any] = {"color": "C3", "linestyle": "--", "marker": "x", "markersize": 5}
+ACCURACY_STYLES: tuple[dict[str, Any], ...] = (
+    {"color": "C0", "linestyle": "-", "marker": "o"},
+    {"color": "C2", "linestyle": "--", "marker": "s"},
+    {"color": "C1", "linestyle": ":", "marker": "^"})
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt
+def run_title(config: Config) -> str:
+    """The plots' title: which method, dataset, profile and seed made them."""
+    return (f"{config.method} on {config.data.dataset}, profile {config.profile}, "
+            f"seed {config.seed}")
 
 
-def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Cloud, mean edge and mean device-local accuracy per round."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+def accuracy_figure(rounds: list[dict[str, Any]], title: str = "") -> Figure:
+    """Cloud, mean edge and mean device-local accuracy per round, as a figure."""
+    fig, (ax,) = _figure(1, title)
     series = {
         "cloud (global test)": [(r["round"], r.get("cloud", {}).get("accuracy")) for r in rounds],
         "edges, mean (global test)": [
@@ -278,33 +295,79 @@ def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str = "") -> 
         "devices, mean (local test)": [
             (r["round"], r.get("devices", {}).get("mean_local_accuracy")) for r in rounds],
     }
-    for label, points in series.items():
-        points = [(x, 100 * y) for x, y in points if y is not None]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker=".", label=label)
-    ax.set(xlabel="round", ylabel="accuracy (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    for (label, points), style in zip(series.items(), ACCURACY_STYLES, strict=True):
+        present = [(x, 100 * y) for x, y in points if y is not None]
+        if present:
+            xs, ys = zip(*present, strict=True)
+            ax.plot(xs, ys, label=label, markevery=_markevery(len(xs)), **style)
+    ax.set_ylabel("accuracy (%)", fontsize=LABEL_PT)
+    if ax.lines:
+        fig.legend(loc="outside lower center", ncols=len(ax.lines), fontsize=TICK_PT)
+    return fig
+
+
+def comm_figure(rounds: list[dict[str, Any]], title: str = "") -> Figure:
+    """MiB per round on each link, one panel per pair of tiers that exchanged anything: up
+    (toward the cloud) and down as distinct lines, each panel on its own scale."""
+    from matplotlib.lines import Line2D
+
+    def mib(link: str) -> list[float]:
+        return [r.get("comm_bytes", {}).get(link, 0) / 2**20 for r in rounds]
+
+    pairs = [(low, high) for low, high in TIER_PAIRS
+             if any(mib(f"{low}_to_{high}")) or any(mib(f"{high}_to_{low}"))]
+    fig, axes = _figure(max(1, len(pairs)), title)
+    xs = [r["round"] for r in rounds]
+    for ax, (low, high) in zip(axes, pairs, strict=False):
+        peak = 0.0
+        for link, style in ((f"{low}_to_{high}", UP), (f"{high}_to_{low}", DOWN)):
+            ys = mib(link)
+            ax.plot(xs, ys, label=link, markevery=_markevery(len(xs)), **style)
+            peak = max(peak, *ys)
+        ax.set_title(f"{low} \u2194 {high}", fontsize=LABEL_PT)
+        ax.set_ylim(0, 1.1 * peak)  # volumes from an honest zero, with room above the top line
+    if pairs:
+        fig.supylabel("MiB per round", fontsize=LABEL_PT)
+        fig.legend(handles=[Line2D([], [], label="up (toward the cloud)", **UP),
+                            Line2D([], [], label="down (toward the devices)", **DOWN)],
+                   loc="outside lower center", ncols=2, fontsize=TICK_PT)
+    else:
+        axes[0].text(0.5, 0.5, "no traffic recorded", ha="center", va="center",
+                     transform=axes[0].transAxes, fontsize=LABEL_PT)
+    return fig
+
+
+def plot_accuracy(rounds: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Save ``accuracy_figure`` as a PNG."""
+    accuracy_figure(rounds, title).savefig(path, dpi=DPI, format="png")
 
 
 def plot_comm(rounds: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Bytes per round on each link that carried any."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for link in LINKS:
-        values = [r["comm_bytes"][link] / 2**20 for r in rounds]
-        if any(values):
-            ax.plot([r["round"] for r in rounds], values, marker=".", label=link)
-    ax.set(xlabel="round", ylabel="MiB per round", title=title)
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Save ``comm_figure`` as a PNG."""
+    comm_figure(rounds, title).savefig(path, dpi=DPI, format="png")
+
+
+def _figure(panels: int, title: str) -> tuple[Figure, list[Axes]]:
+    """A figure of ``panels`` side-by-side axes over rounds (integer ticks only). A bare
+    ``Figure`` (no pyplot): nothing global to close, safe in any thread."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    axes = list(fig.subplots(1, panels, sharex=True, squeeze=False)[0])
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+        ax.set_xlabel("round", fontsize=LABEL_PT)
+        ax.tick_params(labelsize=TICK_PT)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=TITLE_PT)
+    return fig, axes
+
+
+def _markevery(points: int) -> int:
+    """Mark every point of a short series, about 25 of a long one."""
+    return max(1, points // 25)
 
 
 def _mean(values: list[float | None]) -> float | None:

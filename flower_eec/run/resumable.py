@@ -19,6 +19,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from flower_eec import progress
 from flower_eec.errors import ConfigError
 from flower_eec.protocol.knobs import refuse_clashes
 from flower_eec.run import checkpoint
@@ -98,9 +99,11 @@ def start_hierarchical(strategy: Hierarchical, grid: Grid, config: Config,
 
 def start_flat(strategy: Strategy, grid: Grid, config: Config, recorder: Recorder,
                initial: ArrayRecord, evaluate_fn: EvaluateFn,
-               train_config: ConfigRecord | None = None) -> ArrayRecord:
+               train_config: ConfigRecord | None = None,
+               evaluate_config: ConfigRecord | None = None) -> ArrayRecord:
     """A flat Flower strategy for ``config.train.rounds`` rounds through ``flat_loop``,
-    resumable (see the module); ``evaluate_fn`` records the round (it is called after each).
+    resumable (see the module); ``evaluate_fn`` records the round (it is called after each);
+    ``train_config`` and ``evaluate_config`` go to every train and evaluate message.
     Returns the final arrays."""
     saved = resume_point(config, recorder)
     first_round = 1
@@ -120,7 +123,7 @@ def start_flat(strategy: Strategy, grid: Grid, config: Config, recorder: Recorde
         checkpoint.set_rng_state(saved.rng)
     arrays = flat_loop(strategy, grid, initial, first_round, config.train.rounds,
                        timeout=config.simulation.timeout, train_config=train_config,
-                       evaluate_fn=evaluate_and_save)
+                       evaluate_config=evaluate_config, evaluate_fn=evaluate_and_save)
     _save_models(recorder.out, {"cloud": arrays.to_torch_state_dict()})
     return arrays
 
@@ -144,8 +147,7 @@ def flat_loop(strategy: Strategy, grid: Grid, arrays: ArrayRecord, first_round: 
         num_rounds)
     if evaluate_fn is not None and first_round == 1:
         evaluate_fn(0, arrays)
-    for server_round in range(first_round, num_rounds + 1):
-        log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
+    for server_round in progress.rounds(first_round, num_rounds):
         replies = grid.send_and_receive(
             strategy.configure_train(server_round, arrays, train_config, grid), timeout=timeout)
         new_arrays, _ = strategy.aggregate_train(server_round, replies)

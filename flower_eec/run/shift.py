@@ -1,9 +1,12 @@
 """Label-distribution shift over rounds: every ``R`` rounds a fresh Dirichlet draw over the devices.
 
-Used by ECLM's continuous adaptation (ALGORITHMS.md, section 5; the schedule is our
+Used by ECLM's continuous adaptation (docs/methods.md, section ECLM; the schedule is our
 reconstruction). Epoch 0 is the run's own partition; epoch ``e > 0`` re-deals the same training
-pool, deterministic in (seed, e). A new epoch starts every ``eclm.shift_every`` rounds: a local
-setting of our app's devices (``data_at_round`` is their ``ECLMDevice`` data function).
+pool, deterministic in (seed, e). A new epoch starts every ``eclm.shift_every`` rounds (ECLM) or
+``data.shift_every`` rounds (FedAvg, for the fair baseline of ECLM): a local setting of our app's
+devices (``data_at_round`` is the data function of their ``ECLMDevice`` and ``WeightsDevice``).
+With the same ``seed`` and ``data`` section, both methods' devices hold the same shard and the
+same local test split at every round.
 """
 
 from __future__ import annotations
@@ -50,9 +53,18 @@ def shifted(data: FederatedData, epoch: int, *, alpha: float, seed: int, min_siz
     return _cache[key][1]
 
 
+def shift_every(config: Config) -> int:
+    """Rounds between label shifts (0: never), as the run's method reads them (``Method.shift``:
+    ECLM's ``eclm.shift_every``, FedAvg's ``data.shift_every``; the others' data never shifts)."""
+    from flower_eec.run.registry import method  # the registry imports the methods, which use us
+
+    entry = method(config.method)
+    return entry.shift(config) if entry.shift is not None else 0
+
+
 def current_data(config: Config, data: FederatedData, server_round: int) -> FederatedData:
     """The devices' data at ``server_round`` under the run's shift schedule."""
-    epoch = shift_epoch(server_round, config.eclm.shift_every)
+    epoch = shift_epoch(server_round, shift_every(config))
     d = config.data
     return shifted(data, epoch, alpha=d.alpha, seed=config.seed, min_size=d.min_size,
                    local_test_size=d.local_test_size)

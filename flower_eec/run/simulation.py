@@ -10,15 +10,19 @@ the same settings.
 from __future__ import annotations
 
 from collections.abc import Callable
+from logging import INFO
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation as flower_run_simulation
 
+from flower_eec import noise
 from flower_eec.clients.device import register
 from flower_eec.run import experiment
 from flower_eec.run.config import Config, to_json
+from flower_eec.run.devices import torch_threads
 from flower_eec.run.registry import client_devices
 
 
@@ -50,7 +54,8 @@ def simulation_apps(config: Config) -> tuple[ServerApp, ClientApp]:
     def main(grid: Grid, context: Context) -> None:
         experiment.run(grid, config)
 
-    client_app = ClientApp(mods=[RunConfigMod({"config-json": to_json(config)})])
+    client_app = ClientApp(mods=[RunConfigMod({"config-json": to_json(config)}), torch_threads,
+                                 noise.hiding_mod])
     register(client_app, *client_devices())
     return server_app, client_app
 
@@ -59,6 +64,9 @@ def run_simulation(config: Config, verbose: bool = False) -> None:
     """Run ``config`` with one SuperNode per device; results go to ``config.out``."""
     s = config.simulation
     server_app, client_app = simulation_apps(config)
+    log(INFO, "Starting Ray with %d SuperNodes (%d CPU%s, %g GPU each); they run the devices",
+        config.topology.num_devices, s.client_cpus, "" if s.client_cpus == 1 else "s",
+        s.client_gpus)
     flower_run_simulation(server_app=server_app, client_app=client_app,
                           num_supernodes=config.topology.num_devices,
                           backend_config={"client_resources": {"num_cpus": s.client_cpus,

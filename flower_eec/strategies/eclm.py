@@ -1,8 +1,8 @@
 """ECLM's online stage: per-device sub-models of a modular cloud model, merged back module-wise.
 
-ECLM: "Edge-Cloud Collaborative Learning with Block-Level Decomposition" (ALGORITHMS.md, section
-5). Two tiers (devices and cloud). How budgets buy modules and how merges are weighted is our
-reconstruction.
+ECLM (Zhuang et al., "ECLM: Efficient Edge-Cloud Collaborative Learning with Continuous
+Environment Adaptation", arXiv 2311.11083; docs/methods.md, section ECLM). Two tiers (devices and
+cloud). How budgets buy modules and how merges are weighted is our reconstruction.
 
 ECLM is a ``Hierarchical`` whose only group is the cloud's own devices: its round adds one step
 before ``Hierarchical``'s (every device reports its module use and budget, the cloud derives the

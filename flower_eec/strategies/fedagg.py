@@ -26,7 +26,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from flower_eec import progress
 from flower_eec.core.bsbodp import Distillation, distil_pass, logits_on
+from flower_eec.core.learning import SKIPPED_STEPS
 from flower_eec.core.losses import SKR
 from flower_eec.errors import PayloadError
 from flower_eec.grid.edge import EdgeGrid
@@ -55,6 +57,7 @@ from flower_eec.topology import RoundTopology, Topology
 
 SCHEDULES = ("parallel", "sequential")
 SKR_MODES = ("off", "upward", "both")
+EDGE_CLOUD = ("simultaneous", "echo")
 DEVICE_HINT = "FedAggDevice(model_fn, train_data_fn, test_data_fn).register(app)"
 
 
@@ -174,6 +177,7 @@ class BridgeEdge(Strategy):
         self.evaluate_config = dict(evaluate_config or {})
         self.evaluate_devices = evaluate_devices
         self.members: set[int] = set()  # devices whose bridge samples this edge holds
+        self.skipped_steps = 0  # steps of this parent's passes that the guard skipped
 
     def summary(self) -> None:
         """Log the model."""
@@ -197,8 +201,10 @@ class BridgeEdge(Strategy):
         (with ``settings``, default: this parent's, those of learning from its children)."""
         samples, labels = self.store.samples(devices)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
-        return distil_pass(self.model, samples, labels, teacher, settings or self.settings,
-                           shuffle=not self.fidelity, generator=generator)
+        result = distil_pass(self.model, samples, labels, teacher, settings or self.settings,
+                             shuffle=not self.fidelity, generator=generator)
+        self.skipped_steps += int(result.pop(SKIPPED_STEPS))
+        return result
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -233,7 +239,7 @@ class BridgeEdge(Strategy):
         if not replies:
             return None, None
         passes = []
-        for reply in replies:
+        for reply in progress.track(replies, len(replies), f"{self.name} learns from its devices"):
             device = self.device_of[reply.metadata.src_node_id]
             payload = read_logits(reply, self.store.num_samples(device), self.num_classes)
             self.kept.check(device, reply, server_round)
@@ -321,9 +327,16 @@ class FedAgg(Hierarchical):
         ``parallel``: all devices at once, then all edges learn from the cloud, then the cloud
         from each edge. ``sequential``: the official demo's depth-first order, one device at a
         time (edge e: each device k learns from e, then e from k; then e <-> cloud).
+    edge_cloud : str (default: "simultaneous"; "echo" under ``fidelity``)
+        Which logits of an edge the cloud learns from in their exchange. ``echo`` (the paper and
+        the demo): those the edge has after learning from the cloud, so the cloud is taught back
+        what it just taught, plus the edge's cross-entropy push; on a small store this loop
+        inflates both models' logits round after round until the steps explode (README:
+        "Why FedAgg diverged at its defaults"). ``simultaneous`` (ours): those the edge had
+        before the exchange, so each side learns from the other's state at the start of it.
     fidelity : bool (default: False)
         The demo's BatchNorm in training mode for logits and testing, unshuffled passes,
-        [0, 1] bridge samples, augmentation drawn once (devices too).
+        [0, 1] bridge samples, augmentation drawn once (devices too), ``edge_cloud="echo"``.
     fp16 : bool (default: False)
         Codes and logits travel as float16 (half the bytes).
     skr : str (default: "off")
@@ -365,7 +378,8 @@ class FedAgg(Hierarchical):
                  beta: float = 10.0, beta_leaf: float = 1.0, gamma: float = 1.0,
                  lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
                  batch_size: int = 8, clip: float = 0.0, augment: bool = True, cutout: int = 0,
-                 schedule: str = "parallel", fidelity: bool = False, fp16: bool = False,
+                 schedule: str = "parallel", edge_cloud: str | None = None,
+                 fidelity: bool = False, fp16: bool = False,
                  skr: str = "off", rectification: SKR | None = None,
                  embedding_shape: tuple[int, ...] = EMBEDDING_SHAPE,
                  logits_batch: int = 500, evaluate_devices: bool = True, seed: int = 0,
@@ -378,6 +392,10 @@ class FedAgg(Hierarchical):
         self._codes_cap = 0
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        edge_cloud = edge_cloud or ("echo" if fidelity else "simultaneous")
+        if edge_cloud not in EDGE_CLOUD:
+            raise ValueError(f"edge_cloud must be one of {EDGE_CLOUD}, got {edge_cloud!r}")
+        self.edge_cloud = edge_cloud
         if skr not in SKR_MODES:
             raise ValueError(f"skr must be one of {SKR_MODES}, got {skr!r}")
         if len(mean) != len(std):
@@ -392,7 +410,8 @@ class FedAgg(Hierarchical):
         rectification = rectification or SKR()
         self.settings = Distillation(T=T, beta=beta, lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, batch_size=batch_size,
-                                     clip=clip, skr=None if skr == "off" else rectification)
+                                     clip=clip, skr=None if skr == "off" else rectification,
+                                     **({"spike": 0.0} if fidelity else {}))
         self.downward = dataclasses.replace(self.settings,
                                             skr=rectification if skr == "both" else None)
         self.skr = skr
@@ -476,8 +495,11 @@ class FedAgg(Hierarchical):
 
     def end_round(self, report: RoundReport) -> None:
         """The round's devices whose kept model was not of the expected round, or that had to
-        restore it from their checkpoint folder."""
+        restore it from their checkpoint folder, and the server steps the guard skipped."""
         report.stale, report.restored = dict(self.kept.mismatches), dict(self.kept.restored)
+        report.skipped_steps += sum(tier.skipped_steps for tier in self.bridges.values())
+        for tier in self.bridges.values():
+            tier.skipped_steps = 0
         self.kept.mismatches.clear()
         self.kept.restored.clear()
         self.kept.keep_from = self.last_checkpoint
@@ -646,8 +668,7 @@ class FedAgg(Hierarchical):
                 report.server_s += time.perf_counter() - started
             if group != CLOUD_DIRECT and examples.get(group):
                 started = time.perf_counter()
-                self._edges_learn_from_cloud([group], server_round, report)
-                self._cloud_learns_from(group, server_round, report)
+                self._edge_cloud_exchange([group], server_round, report)
                 report.server_s += time.perf_counter() - started
         report.edges = [{"edge": g, "examples": examples.get(g, 0.0)}
                         for g in range(self.topology.num_edges)]
@@ -668,19 +689,21 @@ class FedAgg(Hierarchical):
 
     def aggregate_cloud(self, server_round: int, cloud: ArrayRecord,
                         examples: dict[int, float], report: RoundReport) -> ArrayRecord:
-        """BSBODP between the cloud and every online edge with a store: edges learn, then the
-        cloud (an edge whose devices all sat out still distils on its store, as in the demo)."""
+        """BSBODP between the cloud and every online edge with a store (an edge whose devices
+        all sat out still distils on its store, as in the demo)."""
         view = self.topology.at_round(server_round)
         edges = [e for e in range(self.topology.num_edges)
                  if view.edge_online[e] and self.bridges[e].members]
-        self._edges_learn_from_cloud(edges, server_round, report)
-        for edge in edges:
-            self._cloud_learns_from(edge, server_round, report)
+        self._edge_cloud_exchange(edges, server_round, report)
         return state_record(self.cloud_model)
 
-    def _edges_learn_from_cloud(self, edges: list[int], server_round: int,
-                                report: RoundReport) -> None:
-        for edge in edges:
+    def _edge_cloud_exchange(self, edges: list[int], server_round: int,
+                             report: RoundReport) -> None:
+        """Every edge of ``edges`` learns from the cloud, then the cloud from each edge: from the
+        logits the edge had before this exchange (``simultaneous``) or after it learned from the
+        cloud (``echo``). One edge's failure is logged and does not end the run."""
+        upward = self._upward_logits(edges, report) if self.edge_cloud == "simultaneous" else {}
+        for edge in progress.track(edges, len(edges), "edges learn from the cloud"):
             devices = sorted(self.bridges[edge].members)
             try:
                 teacher, size = wire(self.cloud.logits(devices), self.fp16)
@@ -688,16 +711,32 @@ class FedAgg(Hierarchical):
                 self.bridges[edge].learn(devices, teacher, server_round, self.downward)
             except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
                 log(WARNING, "Edge %s could not learn from the cloud this round (%s)", edge, exc)
+        if self.edge_cloud == "echo":
+            upward = self._upward_logits(edges, report)
+        for edge, teacher in progress.track(upward.items(), len(upward),
+                                            "the cloud learns from the edges"):
+            try:
+                self.cloud.learn(sorted(self.bridges[edge].members), teacher,
+                                 server_round * 1_000 + edge)
+            except Exception as exc:  # noqa: BLE001
+                log(WARNING, "The cloud could not learn from edge %s this round (%s)", edge, exc)
+        for edge in edges:
+            self.edge_arrays[edge] = state_record(self.bridges[edge].model)
 
-    def _cloud_learns_from(self, edge: int, server_round: int, report: RoundReport) -> None:
-        devices = sorted(self.bridges[edge].members)
-        try:
-            teacher, size = wire(self.bridges[edge].logits(devices), self.fp16)
-            report.add("edge_to_cloud", size)
-            self.cloud.learn(devices, teacher, server_round * 1_000 + edge)
-        except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
-            log(WARNING, "The cloud could not learn from edge %s this round (%s)", edge, exc)
-        self.edge_arrays[edge] = state_record(self.bridges[edge].model)
+    def _upward_logits(self, edges: list[int], report: RoundReport) -> dict[int, torch.Tensor]:
+        """Each edge's logits on its store, as the cloud receives them (an edge that fails to
+        compute them is logged and left out)."""
+        upward = {}
+        for edge in edges:
+            try:
+                teacher, size = wire(
+                    self.bridges[edge].logits(sorted(self.bridges[edge].members)), self.fp16)
+                report.add("edge_to_cloud", size)
+                upward[edge] = teacher
+            except Exception as exc:  # noqa: BLE001
+                log(WARNING, "Edge %s could not compute its logits for the cloud this round "
+                    "(%s)", edge, exc)
+        return upward
 
 
 def _numbers(value: object) -> bool:

@@ -2,7 +2,7 @@
 
 Wu et al., "Beyond Model Scale Limits: End-Edge-Cloud Federated Learning with Self-Rectified
 Knowledge Agglomeration", arXiv 2501.00693 (the journal extension of FedAgg). The SKR formula
-was not available: ``losses.skr_target`` is our reconstruction (ALGORITHMS.md section 3).
+was not available: ``losses.skr_target`` is our reconstruction (docs/methods.md, section FedEEC).
 Mobile devices and flaky links are FedAgg's and ``Hierarchical``'s (the topology's moves,
 dropouts, outages and orphans), so every method meets the same dynamics.
 """

@@ -1,4 +1,5 @@
-"""FedIN and HeteroAvg (Chan et al., arXiv 2304.00759; our reconstruction, ALGORITHMS.md sec. 4).
+"""FedIN and HeteroAvg (Chan et al., arXiv 2304.00759; our reconstruction, docs/methods.md,
+section FedIN and HeteroAvg).
 
 ``FedIN`` is one tier: flat over all devices (Flower's ``Strategy.start``) or an edge of
 ``HierFedIN``. It sends every device its slice of the global (deepest) model, aggregates layer-wise

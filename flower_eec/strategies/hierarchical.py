@@ -10,7 +10,7 @@ import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from logging import INFO, WARNING
+from logging import DEBUG, INFO, WARNING
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from flower_eec import noise, progress
 from flower_eec.grid.discovery import place_devices
 from flower_eec.grid.edge import EdgeGrid
 from flower_eec.grid.metered import message_bytes
@@ -66,6 +67,7 @@ class RoundReport:
     server_s: float = 0.0
     stale: dict[int, tuple[int, int]] = field(default_factory=dict)  # device: (used, expected)
     restored: dict[int, tuple[int, int]] = field(default_factory=dict)  # device: (held, used)
+    skipped_steps: int = 0  # server training steps the guard skipped (``learning.sgd``)
 
     def count(self, messages: list[Message], replies: list[Message],
               group_of: dict[int, int]) -> None:
@@ -128,7 +130,8 @@ class Hierarchical(Strategy):
     evaluate_every : int (default: 1)
         Evaluate every N cloud rounds (and always after the last).
     on_round : Callable[[RoundReport], None], optional
-        Called after every cloud round (1 .. num_rounds) with its report.
+        Called after every cloud round (1 .. num_rounds) with its report. Without it, the
+        round's counts and cloud metrics are logged (with it, at DEBUG: the hook reports it).
     node_wait : float (default: 60.0)
         Seconds to wait at start for all ``topology.num_devices`` nodes to register (a
         different number of nodes is then a ``ConfigError``), and then for them to answer
@@ -239,8 +242,9 @@ class Hierarchical(Strategy):
             edge_grid = EdgeGrid(grid, [self.node_of[d] for d in devices])
             configure = getattr(strategy, f"configure_{kind}")
             try:
-                edge_messages = list(configure(server_round, arrays_of(group),
-                                               ConfigRecord(dict(config)), edge_grid))
+                with noise.strategy_chatter_hidden():
+                    edge_messages = list(configure(server_round, arrays_of(group),
+                                                   ConfigRecord(dict(config)), edge_grid))
             except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
                 self.sit_out(view.round, group, f"its strategy could not configure the {kind} "
                              f"round ({exc})", WARNING)
@@ -292,10 +296,12 @@ class Hierarchical(Strategy):
         ``weighted_by_key`` = the examples beneath it (``merge_edge_metrics`` weighs by it).
         """
         metrics = []
-        for group, replies in by_group.items():
+        for group, replies in progress.track(by_group.items(), len(by_group),
+                                             "edges aggregate their devices' replies"):
             try:
-                arrays, edge_metrics = self.edges[group].aggregate_train(
-                    server_round, common_metrics(replies))
+                with noise.strategy_chatter_hidden():
+                    arrays, edge_metrics = self.edges[group].aggregate_train(
+                        server_round, common_metrics(replies))
             except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
                 log(WARNING, "%s could not aggregate its devices' replies (%s); its model "
                     "is left as that failure found it", group_name(group).capitalize(), exc)
@@ -407,8 +413,9 @@ class Hierarchical(Strategy):
         metrics = []
         for group, group_replies in by_group.items():
             try:
-                edge_metrics = self.edges[group].aggregate_evaluate(
-                    server_round, common_metrics(group_replies))
+                with noise.strategy_chatter_hidden():
+                    edge_metrics = self.edges[group].aggregate_evaluate(
+                        server_round, common_metrics(group_replies))
             except Exception as exc:  # noqa: BLE001 - one edge's failure must not end the run
                 log(WARNING, "%s could not aggregate its devices' evaluation (%s)",
                     group_name(group).capitalize(), exc)
@@ -472,7 +479,7 @@ class Hierarchical(Strategy):
             if initial is not None:
                 result.evaluate_metrics_serverapp[0] = initial
         cloud = initial_arrays
-        for server_round in range(first_round, num_rounds + 1):
+        for server_round in progress.rounds(first_round, num_rounds):
             report = RoundReport(round=server_round)
             cloud, train_metrics = self.cloud_round(grid, server_round, cloud, train_config,
                                                     timeout, report)
@@ -483,8 +490,10 @@ class Hierarchical(Strategy):
                 self.evaluate_round(grid, server_round, cloud, evaluate_config, timeout,
                                     evaluate_fn, report, result)
             self.end_round(report)
-            log(INFO, "[ROUND %d/%d] %d devices, %d failed, cloud %s", server_round,
-                num_rounds, report.participants, report.failures, report.cloud_metrics)
+            # an on_round hook reports the round (our runs' recorder logs a line of its own)
+            log(DEBUG if self.on_round else INFO, "[ROUND %d/%d] %d devices, %d failed, "
+                "cloud %s", server_round, num_rounds, report.participants, report.failures,
+                report.cloud_metrics)
             if self.on_round:
                 self.on_round(report)
         return result
@@ -523,7 +532,10 @@ class Hierarchical(Strategy):
         self.edge_arrays = {g: cloud for g in self.edges}
         examples: dict[int, float] = {}
         metrics: list[MetricRecord] = []
-        for step in range(self.edge_rounds):
+        steps: Iterable[int] = range(self.edge_rounds)
+        if self.edge_rounds > 1:  # (one edge round is the cloud round itself)
+            steps = progress.track(steps, self.edge_rounds, "edge rounds")
+        for step in steps:
             edge_round = (server_round - 1) * self.edge_rounds + step + 1
             metrics = self.edge_round(grid, edge_round, view, config, timeout, report,
                                       examples)
@@ -593,7 +605,8 @@ class Hierarchical(Strategy):
         started = time.perf_counter()
         evaluate_edge = self.edge_evaluator(evaluate_fn)
         if self.evaluate_edges and evaluate_edge is not None:
-            for entry in report.edges:
+            for entry in progress.track(report.edges, len(report.edges),
+                                        "evaluating the edge models"):
                 if entry["examples"] > 0:
                     edge_metrics = evaluate_edge(server_round, entry["edge"],
                                                  self.edge_arrays[entry["edge"]])

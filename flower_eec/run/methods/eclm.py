@@ -12,11 +12,12 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flower_eec.clients.eclm import ECLMDevice
 from flower_eec.core.eclm_math import device_budget
 from flower_eec.core.eclm_training import offline_stage
+from flower_eec.core.learning import torch_device
 from flower_eec.grid.metered import MeteredGrid
 from flower_eec.models import count_parameters
 from flower_eec.models.modular import ModularNet
 from flower_eec.run.config import Config, check
-from flower_eec.run.devices import build_device_model, device_setup, train_data
+from flower_eec.run.devices import AppDevice, build_device_model, device_setup, train_data
 from flower_eec.run.experiment import build_topology, round_recorder, start_point, train_settings
 from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.run.registry import Method
@@ -106,6 +107,7 @@ def run_eclm(config: Config, grid: MeteredGrid, recorder: Recorder) -> None:
     data = federated_data(config)
     model = build_device_model(config, data, "modular")
     model.load_state_dict(initial.to_torch_state_dict())
+    model.to(torch_device(config.simulation.torch_device))  # the offline stage is the server's
     assert isinstance(model, ModularNet)
     offline: dict[str, Any] = {}
     if not config.resume:
@@ -151,10 +153,19 @@ def app_budget(context: Context, server_round: int) -> int:
     return budget_of(config, data, device, server_round)
 
 
+class AppECLMDevice(AppDevice, ECLMDevice):
+    """Our ClientApp's ECLM device: its sub-models on ``simulation.torch_device``."""
+
+
 def app_device() -> ECLMDevice:
     """Our ClientApp's ECLM device: its shard under the shift schedule, its fluctuating budget."""
-    return ECLMDevice(train_data, budget_fn=app_budget, data_at_round_fn=data_at_round)
+    return AppECLMDevice(train_data, budget_fn=app_budget, data_at_round_fn=data_at_round)
+
+
+def eclm_shift(config: Config) -> int:
+    """ECLM's rounds between label shifts: ``eclm.shift_every``."""
+    return config.eclm.shift_every
 
 
 ECLM_METHOD = Method(name="eclm", run=run_eclm, device=app_device, sections={"eclm": EclmConfig},
-                     check=check_eclm)
+                     check=check_eclm, shift=eclm_shift)

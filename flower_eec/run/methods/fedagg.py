@@ -21,6 +21,7 @@ from flower_eec.grid.metered import MeteredGrid
 from flower_eec.models.bridge import BridgeAutoencoder, code_shape, load_bridge
 from flower_eec.run.config import Config, check, choice
 from flower_eec.run.devices import (
+    AppDevice,
     build_device_model,
     device_model,
     device_setup,
@@ -32,7 +33,7 @@ from flower_eec.run.federated import federated_data
 from flower_eec.run.registry import Method
 from flower_eec.run.results import Recorder
 from flower_eec.run.resumable import start_hierarchical
-from flower_eec.strategies.fedagg import SCHEDULES, SKR_MODES, FedAgg
+from flower_eec.strategies.fedagg import EDGE_CLOUD, SCHEDULES, SKR_MODES, FedAgg
 from flower_eec.strategies.fedeec import FedEEC
 
 
@@ -43,10 +44,12 @@ class FedAggConfig:
     ``fidelity`` reproduces the official demo where its defects change results (BatchNorm in
     training mode for teacher logits and testing, bridge samples in [0, 1], frozen augmentation).
     ``bridge_weights`` is a weights JSON of ``scripts/train_bridge.py``; empty takes the shipped
-    CIFAR-10 bridge. ``clip`` > 0 caps the gradient norm of every distillation step (ours;
-    0: the papers' unclipped SGD). ``max_codes_factor``: a device may upload codes of at most
-    this many times the median device's training examples (a guard against devices that lie
-    about their size).
+    CIFAR-10 bridge. ``edge_cloud``: the cloud learns from an edge's logits of before their
+    exchange (``simultaneous``, ours: stable) or of after the edge learned from the cloud
+    (``echo``: the paper's, which diverges; ``fidelity`` implies it). ``clip`` > 0 caps the
+    gradient norm of every distillation step (ours; 0: the papers' unclipped SGD).
+    ``max_codes_factor``: a device may upload codes of at most this many times the median
+    device's training examples (a guard against devices that lie about their size).
     """
 
     T: float = 3.0
@@ -54,6 +57,7 @@ class FedAggConfig:
     beta_leaf: float = 1.0
     gamma: float = 1.0
     schedule: str = "parallel"
+    edge_cloud: str = "simultaneous"
     fidelity: bool = False
     fp16: bool = False
     bridge_weights: str = ""
@@ -85,6 +89,7 @@ def check_fedagg(config: Config) -> None:
         check(getattr(f, key) >= 0, f"fedagg.{key}", getattr(f, key), ">= 0")
     check(f.max_codes_factor > 0, "fedagg.max_codes_factor", f.max_codes_factor, "> 0")
     choice("fedagg.schedule", f.schedule, SCHEDULES)
+    choice("fedagg.edge_cloud", f.edge_cloud, EDGE_CLOUD)
     if f.bridge_weights:
         check(Path(f.bridge_weights).is_file(), "fedagg.bridge_weights", f.bridge_weights,
               "a weights JSON written by scripts/train_bridge.py (or empty for the shipped one)")
@@ -165,7 +170,8 @@ def arguments(config: Config, initial: ArrayRecord) -> dict[str, Any]:
         mean=d.mean, std=d.std, T=f.T, beta=f.beta, beta_leaf=f.beta_leaf, gamma=f.gamma,
         lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, batch_size=t.batch_size,
         clip=f.clip, augment=config.data.augment, cutout=config.data.cutout,
-        schedule=f.schedule, fidelity=f.fidelity, fp16=f.fp16, num_classes=d.num_classes,
+        schedule=f.schedule, edge_cloud="echo" if f.fidelity else f.edge_cloud,
+        fidelity=f.fidelity, fp16=f.fp16, num_classes=d.num_classes,
         embedding_shape=code_shape(d.x_train.shape), logits_batch=config.eval.batch_size,
         evaluate_devices=config.eval.devices, seed=config.seed,
         max_codes_factor=f.max_codes_factor, torch_device=device)
@@ -208,10 +214,11 @@ def app_bridge(context: Context) -> BridgeAutoencoder:
     return bridge(config.fedagg.bridge_weights)
 
 
-class AppFedAggDevice(FedAggDevice):
-    """Our ClientApp's FedAgg/FedEEC device: without a checkpoint folder of the node's own, it
-    keeps its past models under the run's results folder (``out``/devices) when the run config
-    names one (as ``flower-eec run`` does; simulation: one machine)."""
+class AppFedAggDevice(AppDevice, FedAggDevice):
+    """Our ClientApp's FedAgg/FedEEC device: on ``simulation.torch_device``; without a checkpoint
+    folder of the node's own, it keeps its past models under the run's results folder
+    (``out``/devices) when the run config names one (as ``flower-eec run`` does; simulation: one
+    machine)."""
 
     def checkpoint_dir(self, context: Context) -> Path | None:
         folder = super().checkpoint_dir(context)

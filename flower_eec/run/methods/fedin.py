@@ -33,7 +33,7 @@ from flower_eec.protocol.payloads import (
     feature_bytes_per_sample,
 )
 from flower_eec.run.config import Config, check, choice
-from flower_eec.run.devices import device_setup, test_data, train_data
+from flower_eec.run.devices import AppDevice, device_setup, test_data, train_data
 from flower_eec.run.experiment import (
     EvaluateFn,
     build_topology,
@@ -52,7 +52,8 @@ from flower_eec.strategies.hierarchical import RoundReport
 
 @dataclass
 class FedINConfig:
-    """FedIN and HeteroAvg (our reconstruction of arXiv 2304.00759, ALGORITHMS.md section 4).
+    """FedIN and HeteroAvg (our reconstruction of arXiv 2304.00759; docs/methods.md, section
+    FedIN and HeteroAvg).
 
     ``depths``: the FedIN ResNet depths, devices split evenly over them (the deepest is the global
     model); ``hierarchical``: run as the edge tier of ``Hierarchical`` instead of flat; ``mu``:
@@ -210,9 +211,13 @@ def depth_model(context: Context) -> ResNet:
         return fedin_model(config, data, device_depth(config, device))
 
 
+class AppFedINDevice(AppDevice, FedINDevice):
+    """Our ClientApp's FedIN/HeteroAvg device: on ``simulation.torch_device``."""
+
+
 def app_device() -> FedINDevice:
     """Our ClientApp's FedIN/HeteroAvg device (model and data from the run's local settings)."""
-    return FedINDevice(depth_model, train_data, test_data)
+    return AppFedINDevice(depth_model, train_data, test_data)
 
 
 FEDIN = Method(name="fedin", run=run_fedin, device=app_device, sections={"fedin": FedINConfig},
