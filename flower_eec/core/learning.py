@@ -79,6 +79,12 @@ def step_problem(loss: float, norm: float, recent: Sequence[float], spike: float
     return None
 
 
+def gradient_norm(params: Sequence[torch.Tensor]) -> float:
+    """The L2 norm of all of ``params``' gradients together (those that have one)."""
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 @dataclass
 class Step:
     """What one mini-batch's objective computed for ``sgd``.
@@ -143,7 +149,8 @@ def sgd(model: nn.Module, batches: Iterable[Any], objective: Callable[[Any], Ste
         spike: The guard's factor; 0: only non-finite steps are skipped.
     """
     params = list(model.parameters()) if params is None else list(params)
-    optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                foreach=True)
     model.train()
     stats = PassStats()
     recent: deque[float] = deque(maxlen=SPIKE_WINDOW)
@@ -154,13 +161,17 @@ def sgd(model: nn.Module, batches: Iterable[Any], objective: Callable[[Any], Ste
             step.loss.backward()
         reported = step.loss if step.reported_loss is None else step.reported_loss
         loss = float(reported.detach())
-        norm = float(nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf))
+        norm = gradient_norm(params)
         problem = step_problem(loss, norm, recent, spike)
         if problem:
             stats.skipped += 1
             log(WARNING, "Skipped a training step of %s: %s", type(model).__name__, problem)
             continue
         recent.append(norm)
+        if 0 < clip < norm:  # as torch's clip_grad_norm_ scales
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(clip / (norm + 1e-6))
         optimiser.step()
         n = len(step.labels)
         stats.examples += n

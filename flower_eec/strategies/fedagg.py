@@ -186,8 +186,10 @@ class BridgeEdge(Strategy):
     def logits(self, devices: Sequence[int]) -> torch.Tensor:
         """This parent's logits on the bridge samples of ``devices`` (concatenated, on the CPU).
 
-        Under ``fidelity`` each device's samples form their own batches, as the student's
-        unshuffled pass will (BatchNorm's batch statistics then match the demo's).
+        Under ``fidelity`` each device's samples form their own batches. For a pass over one
+        device's samples (a parent learning from a device) the student's unshuffled batches are
+        the same, so BatchNorm's batch statistics match the demo's; over several devices (an
+        edge and the cloud) a student's batch can straddle two devices and they differ.
         """
         if self.fidelity:
             return torch.cat([logits_on(self.model, self.store.samples([d])[0],
