@@ -394,6 +394,7 @@ def in_process(planned: PlannedRun, kill_at: int | None = None) -> None:
             experiment.run(KilledGrid(config, kill_at), config)
 
 
+@pytest.mark.e2e  # starts Ray through `flower-eec run`
 def test_the_smoke_suite_resumes_an_interrupted_run_under_ray(tmp_path: Path) -> None:
     """HierFAVG of the smoke suite, seeds 0 and 1: seed 1 finished and seed 0 interrupted in
     round 2 (both made in-process); the suite resumes seed 0 in a process of its own (Ray),
