@@ -80,16 +80,9 @@ class WeightsDevice(Device):
         """Train the received weights on the local data; reply with them and the metrics."""
         started = time.perf_counter()
         model = self._received(msg, context)
-        knobs = Knobs.of(msg)
-        knobs = knobs.with_defaults({**TrainSettings(lr=knobs.get("lr", float)).to_config(),
-                                     names.SERVER_ROUND: 0})
-        s = TrainSettings.from_knobs(knobs)
+        knobs = Knobs.of(msg).with_defaults({names.SERVER_ROUND: 0})
         data = self.train_at(context, knobs.server_round)
-        metrics: dict[str, Any] = train_epochs(
-            model, data, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
-            momentum=s.momentum, weight_decay=s.weight_decay, augmented=s.augment,
-            cutout=s.cutout,
-            generator=round_generator(s.seed, knobs.server_round, partition_id(context)))
+        metrics = self._fit(model, data, knobs, context)
         metrics[names.NUM_EXAMPLES] = len(data)
         metrics["compute_s"] = time.perf_counter() - started
         return reply(msg, metrics, **{names.ARRAYS: ArrayRecord(model.state_dict())})
@@ -124,19 +117,26 @@ class WeightsDevice(Device):
         metrics[names.NUM_EXAMPLES] = len(data)
         return reply(msg, metrics)
 
+    def _fit(self, model: nn.Module, data: Images, knobs: Knobs, context: Context,
+             epochs: int | None = None) -> dict[str, Any]:
+        """``train_epochs`` with the message's ``TrainSettings`` (only ``lr`` required; the
+        others default to ``TrainSettings``'s) and the round's random stream; ``epochs``
+        replaces ``local-epochs``."""
+        s = TrainSettings.from_knobs(knobs.with_defaults(
+            TrainSettings(lr=knobs.get("lr", float)).to_config()))
+        return dict(train_epochs(
+            model, data, epochs=s.epochs if epochs is None else epochs,
+            batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
+            weight_decay=s.weight_decay, augmented=s.augment, cutout=s.cutout,
+            generator=round_generator(s.seed, knobs.server_round, partition_id(context))))
+
     def _adapted(self, received: nn.Module, knobs: Knobs, epochs: int, context: Context,
                  test: Images, batch: int) -> dict[str, Any]:
         """Train a copy of ``received`` for ``epochs`` on the round's training data; its
         training metrics, ``num-train`` and its loss and accuracy on ``test``."""
-        s = TrainSettings.from_knobs(knobs.with_defaults(
-            TrainSettings(lr=knobs.get("lr", float)).to_config()))
         train = self.train_at(context, knobs.server_round)
         adapted = copy.deepcopy(received)
-        metrics: dict[str, Any] = train_epochs(
-            adapted, train, epochs=epochs, batch_size=s.batch_size, lr=s.lr,
-            momentum=s.momentum, weight_decay=s.weight_decay, augmented=s.augment,
-            cutout=s.cutout,
-            generator=round_generator(s.seed, knobs.server_round, partition_id(context)))
+        metrics = self._fit(adapted, train, knobs, context, epochs)
         metrics.update(evaluate(adapted, test, batch))
         metrics[names.NUM_TRAIN] = len(train)
         return metrics

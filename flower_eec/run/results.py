@@ -177,7 +177,7 @@ def claim(out: Path, overwrite: bool, keep: bool = False) -> None:
     lives)."""
     out.mkdir(parents=True, exist_ok=True)
     lock = out / LOCK
-    holder = _live_holder(lock)
+    holder = live_holder(lock)
     if holder is not None:
         raise ConfigError(f"another run ({holder}) is writing into {out}: choose another "
                           f"--out, or wait for it to end (if it is gone, delete {lock})")
@@ -202,7 +202,7 @@ def claim(out: Path, overwrite: bool, keep: bool = False) -> None:
             (out / name).unlink()
 
 
-def _live_holder(lock: Path) -> str | None:
+def live_holder(lock: Path) -> str | None:
     """Which live run holds ``lock`` (``process <pid>``), or None when none does: no lock, an
     unreadable one, this process's own, or one whose process on this host is gone."""
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from flower_eec.run.results import LOCK, _live_holder
+from flower_eec.run.results import LOCK, live_holder
 from flower_eec.run.suite.spec import PlannedRun, flatten
 
 # the files of a run's folder
@@ -92,4 +92,4 @@ def decide_folder(planned: PlannedRun) -> Decision:
     """``decide`` on what ``planned``'s folder holds now."""
     return decide(read_json(planned.folder / RESULTS), planned,
                   has_checkpoint=(planned.folder / CHECKPOINT).is_file(),
-                  busy=_live_holder(planned.folder / LOCK) is not None)
+                  busy=live_holder(planned.folder / LOCK) is not None)
