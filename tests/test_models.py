@@ -173,3 +173,20 @@ def test_unknown_name_lists_allowed() -> None:
         build_model("vgg11")
     for name in MODEL_NAMES:
         assert name in str(error.value)
+
+
+def test_seeded_draws_the_weights_of_manual_seed_and_restores_the_stream() -> None:
+    from flower_eec.models import seeded
+
+    torch.manual_seed(7)
+    expected = build_model("cnn3", 10, 3).state_dict()
+    torch.manual_seed(1)
+    next_draw = torch.rand(3)
+    torch.manual_seed(1)
+    with seeded(7):
+        got = build_model("cnn3", 10, 3).state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert torch.equal(torch.rand(3), next_draw)  # the global stream went on as if untouched
+    with seeded(8):
+        other = build_model("cnn3", 10, 3).state_dict()
+    assert not torch.equal(other["extractor.0.weight"], got["extractor.0.weight"])

@@ -146,6 +146,12 @@ def test_suite_files_are_checked_before_anything_runs(tmp_path: Path) -> None:
     assert suite.overrides == ("topology.edge_outages=[[1, 2, 3]]", "eval.every=1",
                                "data.verify=false")
     assert suite.out == Path("results/suite-s")
+    assert suite.report_stem == Path("results/suite-s/suite")
+    named = spec.parse_suite({**base, "report": "r/suite_s"}, "s.yaml")
+    assert named.report_stem == Path("r/suite_s")
+    # --out moves the report with the runs, so a run elsewhere never overwrites the named one
+    assert spec.parse_suite({**base, "report": "r/suite_s"}, "s.yaml", out="o").report_stem \
+        == Path("o/suite")
     bad = {"unknown key(s) color": {**base, "color": 1},
            "seeds must be": {**base, "seeds": [0, 0]},
            "set by the suite itself": {**base, "overrides": ["seed=3"]},
@@ -450,3 +456,9 @@ def test_the_smoke_suite_resumes_an_interrupted_run_under_ray(tmp_path: Path) ->
     launched.clear()
     assert runner.run_suite(suite, launcher=counting, echo=lines.append) == 0
     assert launched == []  # everything done: nothing runs
+
+
+def test_seconds_per_round_are_the_median_so_one_slowed_round_does_not_move_them() -> None:
+    rounds = [{"round": r, "wall_s": s, "cloud": {"accuracy": 0.1}}
+              for r, s in [(1, 50.0), (2, 10.0), (3, 12.0), (4, 90.0)]]
+    assert stats.run_metrics({"rounds": rounds})["s_per_round"] == 12.0  # of 10, 12, 90

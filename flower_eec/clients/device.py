@@ -23,6 +23,7 @@ from torch import nn
 from flower_eec.core.learning import Images
 from flower_eec.errors import PayloadError
 from flower_eec.protocol import names
+from flower_eec.protocol.arrays import to_state_dict
 from flower_eec.protocol.knobs import Knobs, TrainSettings
 
 __all__ = ["Device", "Knobs", "TrainSettings", "partition_id", "register", "reply",
@@ -125,8 +126,7 @@ class Device:
         have = state_round(context)
         if expected in (have, -1):
             if KEPT_MODEL in context.state.array_records:
-                model.load_state_dict(context.state.array_records[KEPT_MODEL]
-                                      .to_torch_state_dict())
+                model.load_state_dict(to_state_dict(context.state.array_records[KEPT_MODEL]))
             return model, have
         saved = self.kept_file(context, expected) if expected > 0 else None
         if saved is not None and saved.is_file():
@@ -138,7 +138,7 @@ class Device:
             return model, expected
         if expected == 0 or KEPT_MODEL not in context.state.array_records:
             return model, 0
-        model.load_state_dict(context.state.array_records[KEPT_MODEL].to_torch_state_dict())
+        model.load_state_dict(to_state_dict(context.state.array_records[KEPT_MODEL]))
         return model, have
 
     def keep(self, context: Context, model: nn.Module, server_round: int = 0,

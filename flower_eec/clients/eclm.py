@@ -32,6 +32,7 @@ from flower_eec.core.learning import Images, evaluate
 from flower_eec.errors import PayloadError
 from flower_eec.models.modular import SELECTOR_PREFIX, ModularNet
 from flower_eec.protocol import names
+from flower_eec.protocol.arrays import to_state_dict
 
 BudgetFn = Callable[[Context, int], int]
 DataAtRoundFn = Callable[[Context, int], tuple[Images, Images | None]]
@@ -177,7 +178,7 @@ def _only_record(msg: Message) -> ArrayRecord:
 
 
 def _load(model: ModularNet, arrays: ArrayRecord, need_all: bool) -> None:
-    state: dict[str, torch.Tensor] = arrays.to_torch_state_dict()
+    state: dict[str, torch.Tensor] = to_state_dict(arrays)
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:

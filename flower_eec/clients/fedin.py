@@ -37,6 +37,7 @@ from flower_eec.core.learning import (
 from flower_eec.data.augment import normalise
 from flower_eec.errors import PayloadError
 from flower_eec.protocol import names
+from flower_eec.protocol.arrays import to_state_dict
 from flower_eec.protocol.payloads import FeaturePayload, FeatureSpec, features_to_record
 
 # The parts a FedIN model exposes; model(x) == classifier(intermediate(extractor(x))).
@@ -189,7 +190,7 @@ class FedINDevice(Device):
         if names.ARRAYS not in msg.content.array_records:
             raise PayloadError(f"the message lacks its '{names.ARRAYS}' ArrayRecord")
         model = self.model(context)
-        state = msg.content.array_records[names.ARRAYS].to_torch_state_dict()
+        state = to_state_dict(msg.content.array_records[names.ARRAYS])
         own = model.state_dict()
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

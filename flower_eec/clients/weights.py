@@ -27,6 +27,7 @@ from flower_eec.clients.device import (
 from flower_eec.core.learning import Images, evaluate, train_epochs
 from flower_eec.errors import PayloadError
 from flower_eec.protocol import names
+from flower_eec.protocol.arrays import to_state_dict
 
 DataAtRoundFn = Callable[[Context, int], tuple[Images, Images]]
 
@@ -73,7 +74,7 @@ class WeightsDevice(Device):
                                f"{len(msg.content.array_records)}")
         model = self.model(context)
         arrays = next(iter(msg.content.array_records.values()))
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(to_state_dict(arrays))
         return model
 
     def train(self, msg: Message, context: Context) -> Message:

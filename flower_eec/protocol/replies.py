@@ -10,6 +10,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from flower_eec.errors import ProtocolError
+from flower_eec.protocol.arrays import values
 
 # Flower's ClientApp raises this when no handler is registered for a message type; the engines
 # turn it into the error reply's reason (wrapped in the exception's type and quotes).
@@ -41,8 +42,8 @@ def train_reply_problem(reply: Message, reference: ArrayRecord | None,
                 return (f"array '{key}' is {array.dtype}{list(array.shape)}, "
                         f"expected {expected.dtype}{list(expected.shape)}")
     for key, array in arrays.items():
-        values = array.numpy()
-        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        data = values(array)
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             return f"array '{key}' holds NaN or infinite values"
     return metric_problem(content, weighted_by_key)
 

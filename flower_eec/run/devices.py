@@ -16,7 +16,7 @@ from flwr.app import Context, Message
 from flower_eec.clients.device import Device, partition_id
 from flower_eec.core.learning import Images, torch_device
 from flower_eec.errors import ConfigError
-from flower_eec.models import build_model
+from flower_eec.models import build_model, seeded
 from flower_eec.run.config import Config, from_run_config
 from flower_eec.run.federated import FederatedData, federated_data
 from flower_eec.topology import device_models
@@ -113,6 +113,5 @@ def build_device_model(config: Config, data: FederatedData, name: str) -> torch.
 def device_model(context: Context) -> torch.nn.Module:
     """This node's model as our app builds it: the zoo model named for it, seeded by the device."""
     config, data, device = device_setup(context)
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed * 1_000_003 + device)
+    with seeded(config.seed * 1_000_003 + device):
         return build_device_model(config, data, device_model_name(config, device))

@@ -22,6 +22,7 @@ from flower_eec.errors import ConfigError
 from flower_eec.grid.discovery import wait_for_nodes
 from flower_eec.grid.metered import MeteredGrid, Traffic
 from flower_eec.grid.watched import WatchedGrid
+from flower_eec.protocol.arrays import to_state_dict
 from flower_eec.protocol.knobs import TrainSettings
 from flower_eec.run.config import (
     Config,
@@ -64,7 +65,7 @@ def central_evaluator(config: Config, data: FederatedData, model_names: list[str
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         shapes = {k: tuple(v.shape) for k, v in arrays.items()}
         model = models[signatures.index(shapes)]
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(to_state_dict(arrays))
         return MetricRecord(dict[str, Any](evaluate(model, test, batch_size, bn_train=fidelity)))
 
     return evaluate_fn

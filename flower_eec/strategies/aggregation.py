@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord
 
+from flower_eec.protocol.arrays import values
+
 
 def weighted_average(records: Sequence[ArrayRecord], weights: Sequence[float]) -> ArrayRecord:
     """Average same-keyed ArrayRecords with the given non-negative weights.
@@ -22,7 +24,7 @@ def weighted_average(records: Sequence[ArrayRecord], weights: Sequence[float]) -
         raise ValueError("weighted_average needs a positive total weight")
     averaged: dict[str, Array] = {}
     for key in records[0]:
-        arrays = [record[key].numpy() for record in records]
+        arrays = [values(record[key]) for record in records]
         mean = sum(w / total * a.astype(np.float64) for w, a in zip(weights, arrays, strict=True))
         dtype = arrays[0].dtype
         if np.issubdtype(dtype, np.integer):
@@ -39,11 +41,11 @@ def match_dtypes(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
     """
     cast: dict[str, Array] = {}
     for key, array in arrays.items():
-        values = array.numpy()
-        dtype = reference[key].numpy().dtype if key in reference else values.dtype
-        if np.issubdtype(dtype, np.integer) and not np.issubdtype(values.dtype, np.integer):
-            values = np.rint(values)
-        cast[key] = Array(np.asarray(values, dtype=dtype))
+        data = values(array)
+        dtype = np.dtype(reference[key].dtype) if key in reference else data.dtype
+        if np.issubdtype(dtype, np.integer) and not np.issubdtype(data.dtype, np.integer):
+            data = np.rint(data)
+        cast[key] = Array(np.asarray(data, dtype=dtype))
     return ArrayRecord(cast)
 
 

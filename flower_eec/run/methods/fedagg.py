@@ -18,6 +18,7 @@ from flower_eec.core.learning import torch_device
 from flower_eec.core.losses import SKR
 from flower_eec.errors import ConfigError
 from flower_eec.grid.metered import MeteredGrid
+from flower_eec.models import seeded
 from flower_eec.models.bridge import BridgeAutoencoder, code_shape, load_bridge
 from flower_eec.run.config import Config, check, choice
 from flower_eec.run.devices import (
@@ -161,8 +162,7 @@ def arguments(config: Config, initial: ArrayRecord) -> dict[str, Any]:
     cloud_model.load_state_dict(initial.to_torch_state_dict())
 
     def edge_model(edge: int) -> torch.nn.Module:
-        with torch.random.fork_rng():
-            torch.manual_seed(config.seed * 1_000 + edge + 1)
+        with seeded(config.seed * 1_000 + edge + 1):
             return build_device_model(config, data, m.edge).to(device)
 
     return dict(

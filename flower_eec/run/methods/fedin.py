@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 
 from flower_eec.clients.fedin import FedINDevice
@@ -19,6 +18,7 @@ from flower_eec.core.learning import evaluate, torch_device
 from flower_eec.errors import ConfigError
 from flower_eec.grid.discovery import place_devices
 from flower_eec.grid.metered import MeteredGrid
+from flower_eec.models import seeded
 from flower_eec.models.fedin import (
     FEDIN_DEPTHS,
     assign_depths,
@@ -206,8 +206,7 @@ def run_fedin(config: Config, grid: MeteredGrid, recorder: Recorder, *,
 def depth_model(context: Context) -> ResNet:
     """This node's FedIN model: the depth the run assigns to its device, seeded by the device."""
     config, data, device = device_setup(context)
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed * 1_000_003 + device)
+    with seeded(config.seed * 1_000_003 + device):
         return fedin_model(config, data, device_depth(config, device))
 
 

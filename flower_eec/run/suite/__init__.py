@@ -14,7 +14,7 @@ A run that already finished its rounds is skipped; one that stopped (``running``
 ``--resume``; the others start. A finished run whose config differs from the suite's (or that
 has more rounds than asked) is *stale*: nothing runs until it is moved away or
 ``--restart-stale`` is given (``decide``). After the runs (or with ``--report-only``) the
-suite's folder gets ``suite.md``, ``suite.json`` and ``suite.png`` (``report``): per entry,
+suite's folder (or the file's ``report``) gets ``suite.md``, ``.json`` and ``.png``: per entry,
 mean and sample standard deviation over the seeds of the final, best and last-5 cloud
 accuracy, rounds to reach each threshold, bytes per round on every link, seconds per round and
 peak memory (``stats``), and the mean cloud-accuracy curves.

@@ -153,19 +153,19 @@ def figure(rows: Sequence[Mapping[str, Any]], title: str) -> Figure:
 
 def write_report(suite: Suite, runs: Sequence[PlannedRun],
                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """``suite.json``, ``suite.md`` and ``suite.png`` in the suite's folder; echoes the tables
-    and where they are; returns the rows."""
+    """``suite.json``, ``suite.md`` and ``suite.png`` in the suite's folder (or the suite's
+    ``report`` .json/.md/.png); echoes the tables and where they are; returns the rows."""
     rows = collect(suite, runs)
     about = describe(suite, runs)
     table = markdown(rows, suite, about)
     document = {"suite": suite.name, "profile": suite.profile, "seeds": list(suite.seeds),
                 "thresholds": list(suite.thresholds), "describe": about, "entries": rows}
-    out = suite.out
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "suite.json", (json.dumps(document, indent=1) + "\n").encode())
-    atomic_write(out / "suite.md", (table + "\n").encode())
-    with atomic_path(out / "suite.png") as path:
+    files = {suffix: suite.report_stem.with_suffix(suffix) for suffix in (".json", ".md", ".png")}
+    files[".md"].parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(files[".json"], (json.dumps(document, indent=1) + "\n").encode())
+    atomic_write(files[".md"], (table + "\n").encode())
+    with atomic_path(files[".png"]) as path:
         figure(rows, f"{suite.name}: {about}").savefig(path, dpi=150, format="png")
     echo("\n" + table + "\n")
-    echo(f"Report: {out / 'suite.md'}, {out / 'suite.json'}, {out / 'suite.png'}")
+    echo("Report: " + ", ".join(str(path) for path in files.values()))
     return rows

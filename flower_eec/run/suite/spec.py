@@ -7,6 +7,7 @@ A suite file (YAML) holds the setting shared by every run, the entries to compar
     rounds: 20                         # train.rounds of every run (default: the profile's)
     seeds: [0, 1, 2]
     out: benchmarks/results/suite-cpu  # default: results/suite-<name>; --out wins
+    report: benchmarks/results/suite_cpu  # report.json/.md/.png (default, or with --out: out/suite)
     thresholds: [0.25, 0.30]           # cloud accuracies for "rounds to reach" (the default)
     overrides: [eval.every=1]          # key=value for every run (a list, or a mapping)
     entries:
@@ -33,7 +34,8 @@ from flower_eec.run.config import parse_overrides, resolve, to_dict
 
 DEFAULT_THRESHOLDS = (0.25, 0.30)
 MANAGED = ("seed", "out", "resume", "overwrite", "profile", "method")  # set by the suite itself
-SUITE_KEYS = ("name", "profile", "rounds", "seeds", "out", "thresholds", "overrides", "entries")
+SUITE_KEYS = ("name", "profile", "rounds", "seeds", "out", "report", "thresholds", "overrides",
+              "entries")
 ENTRY_KEYS = ("name", "method", "overrides")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -64,6 +66,12 @@ class Suite:
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     overrides: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
+    report: Path | None = None  # the report's files without their suffix; None: out / "suite"
+
+    @property
+    def report_stem(self) -> Path:
+        """Where the report goes: ``<report_stem>.json``, ``.md`` and ``.png``."""
+        return self.report or self.out / "suite"
 
 
 @dataclass(frozen=True)
@@ -180,9 +188,11 @@ def parse_suite(content: Any, source: str, out: str | Path | None = None,
     if doubled:
         raise SuiteError(f"{source}: entry names must differ; {', '.join(doubled)} appear "
                          "more than once")
+    report = content.get("report")
     return Suite(name=name, profile=str(content.get("profile", "smoke")), seeds=tuple(seeds),
                  entries=tuple(entries),
                  out=Path(out or content.get("out") or Path("results") / f"suite-{name}"),
+                 report=Path(str(report)) if report and not out else None,
                  rounds=rounds, thresholds=tuple(float(t) for t in thresholds),
                  overrides=override_list(content.get("overrides"), source),
                  extra=override_list(list(extra), "the command line"))

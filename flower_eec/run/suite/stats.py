@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,11 @@ def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
 def mean(values: Sequence[float]) -> float | None:
     """The mean of ``values``; None for none."""
     return mean_sd(values)[0]
+
+
+def median(values: Sequence[float]) -> float | None:
+    """The median of ``values``; None for none."""
+    return statistics.median(values) if values else None
 
 
 def stat(values: Iterable[float | None]) -> dict[str, Any]:
@@ -56,9 +62,10 @@ def run_metrics(results: Mapping[str, Any], record: Mapping[str, Any] | None = N
 
     Bytes per round (per link) are the mean from round 2 on: round 1 of FedAgg and FedEEC
     also carries the one-off upload of bridge codes (``bytes_round1``). Seconds per round are
-    the mean wall time of the rounds but the first of every process that ran the run (Ray's
+    the median wall time of the rounds but the first of every process that ran the run (Ray's
     start-up and the actors' first imports): round 1, and the first round of each resume
-    (None when no other round is left). The peak memory is ``record``'s (None without one).
+    (None when no other round is left); the median, so that a few rounds slowed by other work
+    on a shared machine do not move it. The peak memory is ``record``'s (None without one).
     """
     record = record or {}
     rounds = list(results.get("rounds", []))
@@ -78,8 +85,8 @@ def run_metrics(results: Mapping[str, Any], record: Mapping[str, Any] | None = N
         "reach": {threshold_key(level): rounds_to(curve, level) for level in thresholds},
         "bytes_per_round": {link: mean([b.get(link, 0) for b in steady]) for link in links},
         "bytes_round1": {link: comm[0].get(link, 0) for link in links},
-        "s_per_round": mean([r["wall_s"] for r in rounds
-                             if r["round"] not in firsts and "wall_s" in r]),
+        "s_per_round": median([r["wall_s"] for r in rounds
+                               if r["round"] not in firsts and "wall_s" in r]),
         "wall_s": round(sum(r.get("wall_s", 0.0) for r in rounds), 3),
         "peak_rss_bytes": record.get("peak_rss_bytes"),
         "peak_pss_bytes": record.get("peak_pss_bytes"),
