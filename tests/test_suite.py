@@ -242,11 +242,13 @@ def test_the_runner_starts_skips_and_resumes(tmp_path: Path) -> None:
     assert rows["hierfavg"]["final"]["mean"] == pytest.approx(0.27)
     assert rows["hierfavg"]["reach"]["30%"]["reached"] == 1
     assert rows["fedavg"]["final"]["mean"] == pytest.approx(0.175)
+    assert rows["hierfavg"]["largest_drop"] == pytest.approx(0.02)
+    assert rows["fedavg"]["largest_drop"] == 0.0
     assert rows["fedavg"]["reach"]["25%"] == {"mean": None, "sd": None, "n": 0, "reached": 0,
                                               "of": 2}
     table = (tmp_path / "suite" / "suite.md").read_text()
     assert "| hierfavg | hierfavg | 2/2 | 27.00 ± 4.24 | 28.00 ± 2.83 | 21.67 ± 2.36 | " \
-           "2.5 (2/2) | 3.0 (1/2) | 3.0 ± 0.0 | 150 ± 71 |" in table
+           "2.5 (2/2) | 3.0 (1/2) | 2.0 | 3.0 ± 0.0 | 150 ± 71 |" in table  # seed 1: 26 -> 24
     assert "| fedavg | fedavg | 2/2 | 17.50 ± 3.54 |" in table
     assert "- (0/2) | - (0/2)" in table
     assert "| hierfavg | 2.0 ± 0.0 (5.0 ± 0.0) |" in table  # kB from round 2 on (round 1)
@@ -462,3 +464,10 @@ def test_seconds_per_round_are_the_median_so_one_slowed_round_does_not_move_them
     rounds = [{"round": r, "wall_s": s, "cloud": {"accuracy": 0.1}}
               for r, s in [(1, 50.0), (2, 10.0), (3, 12.0), (4, 90.0)]]
     assert stats.run_metrics({"rounds": rounds})["s_per_round"] == 12.0  # of 10, 12, 90
+
+
+def test_largest_drop_is_the_largest_fall_between_consecutive_evaluated_rounds() -> None:
+    assert stats.largest_drop([(1, 0.3), (2, 0.5), (3, 0.35), (5, 0.45), (6, 0.2)]) \
+        == pytest.approx(0.25)
+    assert stats.largest_drop([(1, 0.1), (2, 0.2)]) == 0.0
+    assert stats.largest_drop([(1, 0.1)]) is None

@@ -77,6 +77,12 @@ def _kb_cell(row: Mapping[str, Any], link: str) -> str:
     return f"{_cell(steady, 1e-3, 1)} ({_cell(first, 1e-3, 1)})"
 
 
+def _drop(row: Mapping[str, Any]) -> str:
+    """The largest round-to-round fall of the worst seed, in points."""
+    drop = row.get("largest_drop")
+    return "-" if drop is None else f"{100 * drop:.1f}"
+
+
 def markdown(rows: Sequence[Mapping[str, Any]], suite: Suite, about: str) -> str:
     """The tables of the report (``about``: what ``describe`` says of the suite)."""
     levels = [threshold_key(level) for level in suite.thresholds]
@@ -85,19 +91,22 @@ def markdown(rows: Sequence[Mapping[str, Any]], suite: Suite, about: str) -> str
              "standard deviation over the seeds that finished (`seeds`: finished of planned). "
              f"Last {LAST}: the mean of the last {LAST} evaluated rounds. Round to X: the first "
              "round at X or above, averaged over the seeds that reach it (how many do, in "
-             "brackets). s/round: mean wall time of a round, the first round of every process "
-             "(Ray's start-up) left out. Peak MiB: the peak of the summed resident memory of "
-             "the run's whole process tree (Ray's workers included; shared pages count once "
-             f"per process), sampled every {SAMPLE_S:g} s.", "",
+             "brackets). Largest drop: the largest fall of the cloud accuracy from one round to "
+             "the next, in points, in the worst seed. s/round: the median wall time of a round, "
+             "the first round of every process (Ray's start-up) left out. Peak MiB: the peak "
+             "of the summed resident memory of the run's whole process tree (Ray's workers "
+             f"included; shared pages count once per process), sampled every {SAMPLE_S:g} s.",
+             "",
              "| entry | method | seeds | final % | best % | last 5 % | "
-             + " | ".join(f"round to {key}" for key in levels) + " | s/round | peak MiB |",
-             "| --- " * (8 + len(levels)) + "|"]
+             + " | ".join(f"round to {key}" for key in levels)
+             + " | largest drop | s/round | peak MiB |",
+             "| --- " * (9 + len(levels)) + "|"]
     for row in rows:
         reach = [_reach_cell(row["reach"][key]) for key in levels]
         lines.append(
             f"| {row['entry']} | {row['method']} | {len(row['seeds'])}/{row['planned_seeds']} "
             f"| {_cell(row['final'], 100)} | {_cell(row['best'], 100)} | "
-            f"{_cell(row['last5'], 100)} | " + " | ".join(reach) + f" | "
+            f"{_cell(row['last5'], 100)} | " + " | ".join(reach) + f" | {_drop(row)} | "
             f"{_cell(row['s_per_round'], digits=1)} | "
             f"{_cell(row['peak_rss_bytes'], 1 / 2**20, 0)} |")
     links = [link for link in dict.fromkeys(k for row in rows for k in row["bytes_per_round"])

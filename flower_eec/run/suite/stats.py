@@ -51,6 +51,13 @@ def rounds_to(curve: Sequence[tuple[int, float]], level: float) -> int | None:
     return next((round_ for round_, accuracy in curve if accuracy >= level), None)
 
 
+def largest_drop(curve: Sequence[tuple[int, float]]) -> float | None:
+    """The largest fall of accuracy from one evaluated round to the next (0.0 when it never
+    falls; None with fewer than two rounds): a collapse shows here."""
+    falls = [before - after for (_, before), (_, after) in zip(curve, curve[1:], strict=False)]
+    return max([0.0, *falls]) if falls else None
+
+
 def threshold_key(level: float) -> str:
     """``0.25`` -> ``25%``."""
     return f"{100 * level:g}%"
@@ -82,6 +89,7 @@ def run_metrics(results: Mapping[str, Any], record: Mapping[str, Any] | None = N
         "final": accuracies[-1] if accuracies else None,
         "best": max(accuracies, default=None),
         "last5": mean(accuracies[-LAST:]),
+        "largest_drop": largest_drop(curve),
         "reach": {threshold_key(level): rounds_to(curve, level) for level in thresholds},
         "bytes_per_round": {link: mean([b.get(link, 0) for b in steady]) for link in links},
         "bytes_round1": {link: comm[0].get(link, 0) for link in links},
@@ -124,6 +132,8 @@ def entry_row(entry: Entry, metrics: Sequence[Mapping[str, Any]], planned_seeds:
         "entry": entry.name, "method": entry.method, "overrides": list(entry.overrides),
         "seeds": [m["seed"] for m in metrics], "planned_seeds": planned_seeds,
         "final": over_seeds("final"), "best": over_seeds("best"), "last5": over_seeds("last5"),
+        "largest_drop": max((m["largest_drop"] for m in metrics
+                             if m.get("largest_drop") is not None), default=None),
         "reach": {threshold_key(level): reach(threshold_key(level)) for level in thresholds},
         "bytes_per_round": per_link("bytes_per_round"),
         "bytes_round1": per_link("bytes_round1"),
