@@ -48,4 +48,3 @@ def values(array: Array) -> np.ndarray:
 def to_state_dict(record: ArrayRecord) -> dict[str, torch.Tensor]:
     """``record.to_torch_state_dict()`` through ``values`` (each tensor owns a copy)."""
     return {key: torch.from_numpy(values(array).copy()) for key, array in record.items()}
-

@@ -169,7 +169,8 @@ def write_report(suite: Suite, runs: Sequence[PlannedRun],
     table = markdown(rows, suite, about)
     document = {"suite": suite.name, "profile": suite.profile, "seeds": list(suite.seeds),
                 "thresholds": list(suite.thresholds), "describe": about, "entries": rows}
-    files = {suffix: suite.report_stem.with_suffix(suffix) for suffix in (".json", ".md", ".png")}
+    stem = suite.report_stem
+    files = {suffix: stem.parent / f"{stem.name}{suffix}" for suffix in (".json", ".md", ".png")}
     files[".md"].parent.mkdir(parents=True, exist_ok=True)
     atomic_write(files[".json"], (json.dumps(document, indent=1) + "\n").encode())
     atomic_write(files[".md"], (table + "\n").encode())

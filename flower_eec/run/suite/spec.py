@@ -7,7 +7,7 @@ A suite file (YAML) holds the setting shared by every run, the entries to compar
     rounds: 20                         # train.rounds of every run (default: the profile's)
     seeds: [0, 1, 2]
     out: benchmarks/results/suite-cpu  # default: results/suite-<name>; --out wins
-    report: benchmarks/results/suite_cpu  # report.json/.md/.png (default, or with --out: out/suite)
+    report: results/suite_cpu          # <report>.md/.json/.png; default and with --out: out/suite
     thresholds: [0.25, 0.30]           # cloud accuracies for "rounds to reach" (the default)
     overrides: [eval.every=1]          # key=value for every run (a list, or a mapping)
     entries:
