@@ -36,12 +36,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -72,30 +70,21 @@ def tree_env(tree: Path) -> dict[str, str]:
 
 def run_ray(method: str, devices: int, args: argparse.Namespace, tree: Path) -> dict[str, Any]:
     """``flower-eec run`` in its own session, with the peak memory of its process tree."""
-    from flower_eec.run.suite.memory import TreeSampler
+    from flower_eec.run.suite.runner import run_sampled
 
     with tempfile.TemporaryDirectory() as out:
         argv = [sys.executable, "-m", "flower_eec.run.cli", "run", method,
                 *overrides(method, devices, args.rounds, args.examples), "--out", out,
                 "--overwrite", "--quiet"]
-        started = time.perf_counter()
-        process = subprocess.Popen(argv, env=tree_env(tree), cwd=tree, start_new_session=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        sampler = TreeSampler(process.pid)
-        sampler.start()
-        try:
-            output, _ = process.communicate()
-        finally:  # interrupted: Ray's processes go with the run
-            sampler.stop()
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-        total = time.perf_counter() - started
-        if process.returncode:
-            raise SystemExit(f"{method} at {devices} devices failed:\n{output.decode()[-3000:]}")
+        log = Path(out) / "run.log"
+        outcome = run_sampled(f"{method} at {devices} devices", argv, log, tree_env(tree), tree)
+        if outcome.returncode:
+            raise SystemExit(f"{method} at {devices} devices failed:\n"
+                             f"{log.read_text()[-3000:]}")
         summary = json.loads((Path(out) / "results.json").read_text())
     actors = max(1, (os.cpu_count() or 1) // int(summary["config"]["simulation"]["client_cpus"]))
-    return {"total_s": total, "peak_rss_mib": sampler.peak_rss / 2**20,
-            "peak_pss_mib": sampler.peak_pss / 2**20, "actors": actors,
+    return {"total_s": outcome.wall_s, "peak_rss_mib": outcome.peak_rss_bytes / 2**20,
+            "peak_pss_mib": outcome.peak_pss_bytes / 2**20, "actors": actors,
             "accuracy": summary["rounds"][-1]["cloud"]["accuracy"],
             **later_rounds(summary["rounds"], actors)}
 

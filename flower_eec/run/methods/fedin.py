@@ -27,6 +27,7 @@ from flower_eec.models.fedin import (
     feature_shapes,
 )
 from flower_eec.models.resnet import ResNet
+from flower_eec.protocol.arrays import to_state_dict
 from flower_eec.protocol.payloads import (
     FEATURE_RECORD_OVERHEAD,
     FeatureSpec,
@@ -143,7 +144,7 @@ def depth_evaluator(config: Config, data: FederatedData) -> EvaluateFn:
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         metrics: dict[str, Any] = {}
         for depth, model in models.items():
-            model.load_state_dict(sub_record(arrays, model.state_dict()).to_torch_state_dict())
+            model.load_state_dict(to_state_dict(sub_record(arrays, model.state_dict())))
             result = evaluate(model, test, config.eval.batch_size)
             metrics.update({f"{key}_{depth}": value for key, value in result.items()})
             if depth == top:

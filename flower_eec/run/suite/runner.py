@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -58,19 +58,27 @@ def command(planned: PlannedRun, decision: Decision) -> list[str]:
 
 
 def launch(planned: PlannedRun, argv: Sequence[str], log: Path) -> Outcome:
-    """Run ``argv`` in a session of its own, its output appended to ``log``, sampling the
-    memory of its process tree. On Ctrl-C the run gets SIGINT (as in a terminal) and
-    ``STOP_WAIT_S`` seconds to record it, then its process group is killed."""
+    """``run_sampled`` for one planned run of the suite."""
+    return run_sampled(planned.label, argv, log)
+
+
+def run_sampled(label: str, argv: Sequence[str], log: Path,
+                env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Outcome:
+    """Run ``argv`` in a session of its own (in ``cwd``, with ``env``, default this process's),
+    its output appended to ``log`` under a ``label`` line, sampling the memory of its process
+    tree. On Ctrl-C the run gets SIGINT (as in a terminal) and ``STOP_WAIT_S`` seconds to
+    record it, then its process group is killed."""
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     interrupted = False
-    env = {"FLWR_TELEMETRY_ENABLED": "0", **os.environ}  # no telemetry unless asked for
+    # no telemetry unless asked for
+    environment = {"FLWR_TELEMETRY_ENABLED": "0", **(os.environ if env is None else env)}
     with log.open("ab") as handle:
         handle.write(f"\n# {datetime.now().isoformat(timespec='seconds')} "
-                     f"{planned.label}\n$ {shlex.join(argv)}\n".encode())
+                     f"{label}\n$ {shlex.join(argv)}\n".encode())
         handle.flush()
         process = subprocess.Popen(list(argv), stdout=handle, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True)
+                                   env=environment, cwd=cwd, start_new_session=True)
         sampler = TreeSampler(process.pid)
         sampler.start()
         try:
