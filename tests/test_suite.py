@@ -183,6 +183,15 @@ def test_the_shipped_suites_resolve_for_every_entry_and_seed() -> None:
     assert dynamic["topology"]["edge_outages"] == [[1, 8, 12]]
     assert cpu["fedeec", 0].config["topology"]["mobility"] == 0.0
     assert all(r.rounds == 20 for r in cpu.values())
+    # the ablations share the cpu suite's folder: their `fedagg` is the cpu suite's very runs
+    ablations = spec.load_suite(SUITES / "cpu-fedagg.yaml", extra=["data.root=/data"])
+    fedagg = {(r.entry.name, r.seed): r for r in spec.plan(ablations)}
+    for seed in (0, 1, 2):
+        assert fedagg["fedagg", seed].folder == cpu["fedagg", seed].folder
+        assert fedagg["fedagg", seed].config == cpu["fedagg", seed].config
+    assert fedagg["fedagg-beta1", 0].config["fedagg"]["beta"] == 1.0
+    assert cpu["fedagg", 0].config["fedagg"]["beta"] == 10.0
+    assert fedagg["fedagg-fidelity", 1].config["fedagg"]["fidelity"] is True
 
 
 # --- the runner, with a fake launcher ------------------------------------------------------------
@@ -471,3 +480,36 @@ def test_largest_drop_is_the_largest_fall_between_consecutive_evaluated_rounds()
         == pytest.approx(0.25)
     assert stats.largest_drop([(1, 0.1), (2, 0.2)]) == 0.0
     assert stats.largest_drop([(1, 0.1)]) is None
+
+
+def test_the_devices_local_accuracy_over_rounds_and_seeds_with_and_before_adapting() -> None:
+    def run(locals_: list[float | None], before: list[float] | None = None) -> dict[str, Any]:
+        rounds = []
+        for i, local in enumerate(locals_):
+            devices = {} if local is None else {"mean_local_accuracy": local}
+            if before is not None:
+                devices["mean_local_accuracy_before"] = before[i]
+            rounds.append({"round": i + 1, "wall_s": 1.0, "cloud": {"accuracy": 0.1},
+                           "devices": devices})
+        return stats.run_metrics({"rounds": rounds})
+
+    adapted = [run([0.4, 0.5, 0.6], before=[0.2, 0.3, 0.4]), run([0.6, 0.7, 0.8], [0.2] * 3)]
+    assert adapted[0]["local_mean"] == pytest.approx(0.5)
+    assert adapted[0]["local_final"] == pytest.approx(0.6)
+    assert adapted[0]["local_before_mean"] == pytest.approx(0.3)
+    row = stats.entry_row(spec.Entry("eclm", "eclm"), adapted, planned_seeds=2)
+    assert row["local_mean"]["mean"] == pytest.approx(0.6)  # 0.5 and 0.7
+    assert row["local_mean"]["sd"] == pytest.approx(math.sqrt(2 * 0.1**2))
+    assert row["local_final"]["mean"] == pytest.approx(0.7)
+    assert row["local_before_mean"]["mean"] == pytest.approx(0.25)
+
+    skipped = run([None, 0.3, None])  # rounds the devices did not evaluate are left out
+    assert (skipped["local_mean"], skipped["local_final"]) == (pytest.approx(0.3), 0.3)
+    assert skipped["local_before_mean"] is None
+    none = stats.entry_row(spec.Entry("fedagg", "fedagg"), [run([None])], planned_seeds=1)
+
+    suite = Suite(name="t", profile="smoke", seeds=(0, 1), rounds=None, out=Path("."),
+                  entries=())
+    table = report.markdown([{**row, "missing": []}, {**none, "missing": []}], suite, "about")
+    assert "| eclm | 60.00 ± 14.14 | 70.00 ± 14.14 | 25.00 ± 7.07 |" in table
+    assert "| fedagg | -" not in table  # no local accuracy: not in the devices' table

@@ -118,6 +118,18 @@ def markdown(rows: Sequence[Mapping[str, Any]], suite: Suite, about: str) -> str
                   "| --- " * (1 + len(links)) + "|"]
         lines += [f"| {row['entry']} | " + " | ".join(_kb_cell(row, link) for link in links)
                   + " |" for row in rows]
+    local = [row for row in rows if row["local_mean"]["mean"] is not None]
+    if local:
+        lines += ["", "The devices' local accuracy: each device's model (for ECLM its sub-model, "
+                  "after local adaptation where the run adapts) on the device's own local test "
+                  "split, weighted by examples; the mean over the rounds and the last round's, "
+                  "mean ± sd over the seeds. Before adapting: the model as received, where the "
+                  "run adapts before testing.", "",
+                  "| entry | local, mean over rounds % | local, last round % | "
+                  "before adapting, mean over rounds % |", "| --- " * 4 + "|"]
+        lines += [f"| {row['entry']} | {_cell(row['local_mean'], 100)} | "
+                  f"{_cell(row['local_final'], 100)} | {_cell(row['local_before_mean'], 100)} |"
+                  for row in local]
     missing = [f"- {row['entry']} seed {m['seed']}: {m['state']}"
                + (f" ({m['reason']})" if m.get("reason") else "")
                for row in rows for m in row["missing"]]

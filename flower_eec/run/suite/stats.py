@@ -46,6 +46,13 @@ def cloud_curve(results: Mapping[str, Any]) -> list[tuple[int, float]]:
             if (r.get("cloud") or {}).get("accuracy") is not None]
 
 
+def local_curve(results: Mapping[str, Any], key: str = "mean_local_accuracy") -> list[float]:
+    """The devices' mean local accuracy (``key``) of every round that has one: each device's
+    model on its own local test split, weighted by examples (``devices`` in a round's record)."""
+    return [float(r["devices"][key]) for r in results.get("rounds", [])
+            if (r.get("devices") or {}).get(key) is not None]
+
+
 def rounds_to(curve: Sequence[tuple[int, float]], level: float) -> int | None:
     """The first round whose accuracy is at least ``level``; None when none is."""
     return next((round_ for round_, accuracy in curve if accuracy >= level), None)
@@ -83,6 +90,7 @@ def run_metrics(results: Mapping[str, Any], record: Mapping[str, Any] | None = N
                     if a.get("action") == "resume"}
     curve = cloud_curve(results)
     accuracies = [accuracy for _, accuracy in curve]
+    local = local_curve(results)
     return {
         "seed": (results.get("config") or {}).get("seed"),
         "rounds": len(rounds),
@@ -90,6 +98,9 @@ def run_metrics(results: Mapping[str, Any], record: Mapping[str, Any] | None = N
         "best": max(accuracies, default=None),
         "last5": mean(accuracies[-LAST:]),
         "largest_drop": largest_drop(curve),
+        "local_mean": mean(local),
+        "local_final": local[-1] if local else None,
+        "local_before_mean": mean(local_curve(results, "mean_local_accuracy_before")),
         "reach": {threshold_key(level): rounds_to(curve, level) for level in thresholds},
         "bytes_per_round": {link: mean([b.get(link, 0) for b in steady]) for link in links},
         "bytes_round1": {link: comm[0].get(link, 0) for link in links},
@@ -132,6 +143,8 @@ def entry_row(entry: Entry, metrics: Sequence[Mapping[str, Any]], planned_seeds:
         "entry": entry.name, "method": entry.method, "overrides": list(entry.overrides),
         "seeds": [m["seed"] for m in metrics], "planned_seeds": planned_seeds,
         "final": over_seeds("final"), "best": over_seeds("best"), "last5": over_seeds("last5"),
+        "local_mean": over_seeds("local_mean"), "local_final": over_seeds("local_final"),
+        "local_before_mean": over_seeds("local_before_mean"),
         "largest_drop": max((m["largest_drop"] for m in metrics
                              if m.get("largest_drop") is not None), default=None),
         "reach": {threshold_key(level): reach(threshold_key(level)) for level in thresholds},
