@@ -4,7 +4,7 @@ Every run uses the same data (CIFAR-10, 10% held out for the bridge, a 10% strat
 the rest over 20 devices, Dirichlet alpha 1), topology (4 edges) and rounds (20), on Flower's
 Simulation Engine (Ray) through ``flower-eec run``, each in a fresh process. Runs:
 
-- ``fedagg``: defaults (cnn3 / resnet10 / resnet18, T=3, beta=10, beta_leaf=1, gamma=1, parallel);
+- ``fedagg``: defaults (cnn3 / resnet10 / resnet18, T=3, beta_leaf=1, gamma=1, parallel);
 - ``fedagg-fidelity``: the official demo's behaviour (``fedagg.fidelity=true``);
 - ``hierfavg``, ``fedavg``: cnn3 on every tier at the profile's lr 0.05, and ``hierfavg-lr0.005``
   at FedAgg's learning rate;
@@ -15,6 +15,10 @@ Each run's folder (results.json, metrics.csv, plots) goes to ``benchmarks/result
 runs already there are reused unless ``--force``. The summary is printed and written to
 ``benchmarks/results/fedagg_cpu.md`` / ``.json``, with the accuracy curves in
 ``benchmarks/results/fedagg_cpu.png``.
+
+The committed results were made before two of today's defaults: with the paper's edge-cloud
+exchange and beta (``fedagg.edge_cloud=echo fedagg.beta=10`` repeats them); the seeded suites in
+``benchmarks/suites/`` hold today's defaults.
 
 Run (from the repository root)::
 

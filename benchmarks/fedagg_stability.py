@@ -1,6 +1,7 @@
 """Why FedAgg/FedEEC diverged at their defaults: the smoke profile per round and seed, under the
-edge-cloud exchange of the paper (``echo``) and ours (``simultaneous``), and under the other
-candidates' changes.
+edge-cloud exchange of the paper (``echo``) and ours (``simultaneous``), both at the paper's
+beta = 10, under the other candidates' changes, and at today's defaults (``default``:
+``simultaneous`` with beta = 1).
 
 Runs on the in-process grid (no Ray), a few seconds a run. Prints, per run, the cloud's test
 loss and accuracy and the largest absolute logit of the cloud on the bridge samples of its store
@@ -8,6 +9,7 @@ after every round (logits that grow round after round are the mechanism), and th
 guard skipped.
 
     python benchmarks/fedagg_stability.py --rounds 6 --seeds 0,1,2 --variants simultaneous,echo
+    python benchmarks/fedagg_stability.py --rounds 20 --seeds 0,1,2 --variants default
     python benchmarks/fedagg_stability.py --rounds 6 --seeds 0,1 --methods fedagg \
         --variants echo+beta1,echo+momentum0,echo+cifar-stem,echo+clip20
 """
@@ -28,13 +30,16 @@ from flower_eec.run.config import parse_overrides, resolve, to_json
 from flower_eec.strategies.fedagg import FedAgg
 from flower_eec.strategies.hierarchical import RoundReport
 
+PAPER_BETA = "fedagg.beta=10"  # the default before 1; every variant but `default` keeps it
 VARIANTS = {  # name: overrides (the candidates' changes on top of the paper's echo exchange)
-    "simultaneous": [],  # the default
-    "echo": ["fedagg.edge_cloud=echo"],  # the paper's and the demo's
+    "default": [],  # simultaneous, beta = 1
+    "simultaneous": [PAPER_BETA],  # ours, at the paper's beta
+    "echo": ["fedagg.edge_cloud=echo", PAPER_BETA],  # the paper's and the demo's
     "echo+beta1": ["fedagg.edge_cloud=echo", "fedagg.beta=1"],
-    "echo+momentum0": ["fedagg.edge_cloud=echo", "train.momentum=0"],
-    "echo+cifar-stem": ["fedagg.edge_cloud=echo", "model.stem=cifar"],  # no 1x1 maps at layer 4
-    "echo+clip20": ["fedagg.edge_cloud=echo", "fedagg.clip=20"],
+    "echo+momentum0": ["fedagg.edge_cloud=echo", PAPER_BETA, "train.momentum=0"],
+    # no 1x1 maps at layer 4
+    "echo+cifar-stem": ["fedagg.edge_cloud=echo", PAPER_BETA, "model.stem=cifar"],
+    "echo+clip20": ["fedagg.edge_cloud=echo", PAPER_BETA, "fedagg.clip=20"],
 }
 
 

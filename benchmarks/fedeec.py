@@ -15,6 +15,10 @@ The static ``fedagg`` and ``hierfavg`` runs are those of ``benchmarks/fedagg.py`
 configs), read from ``benchmarks/results/fedagg/``. Results: ``benchmarks/results/fedeec/<run>``,
 summary ``benchmarks/results/fedeec_cpu.md`` / ``.json`` / ``.png``.
 
+The committed results were made before two of today's defaults: with the paper's edge-cloud
+exchange and beta (``fedagg.edge_cloud=echo fedagg.beta=10`` repeats them); the seeded suites in
+``benchmarks/suites/`` hold today's defaults.
+
 Run (from the repository root)::
 
     FLWR_TELEMETRY_ENABLED=0 python benchmarks/fedeec.py --data-root $DATA

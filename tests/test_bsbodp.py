@@ -119,7 +119,8 @@ def test_clip_caps_the_norm_of_each_step(batch) -> None:
         student = tiny(2)
         before = [p.detach().clone() for p in student.parameters()]
         distil_pass(student, samples, labels, logits,
-                    Distillation(lr=0.1, momentum=0.0, batch_size=12, clip=clip), shuffle=False)
+                    Distillation(beta=10.0, lr=0.1, momentum=0.0, batch_size=12,
+                                 clip=clip), shuffle=False)
         moved = [p.detach() - b for p, b in zip(student.parameters(), before, strict=True)]
         return float(torch.linalg.vector_norm(torch.stack([m.norm() for m in moved])))
 

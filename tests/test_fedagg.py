@@ -313,7 +313,20 @@ def test_config_names_what_fedagg_needs() -> None:
     assert (config.model.device, config.model.edge, config.model.cloud) == (
         "cnn3", "resnet10", "resnet18")
     assert (config.topology.num_devices, config.topology.num_edges) == (225, 15)
-    assert (config.train.batch_size, config.train.lr, config.fedagg.beta) == (8, 1e-3, 10.0)
+    assert (config.train.batch_size, config.train.lr, config.fedagg.beta) == (8, 1e-3, 1.0)
+
+
+def test_fidelity_mode_takes_the_papers_beta_unless_one_is_given(tmp_path: Path) -> None:
+    assert resolve("fedagg", {}).fedagg.beta == 1.0
+    assert resolve("fedeec", {"fedagg": {"fidelity": True}}).fedagg.beta == 10.0
+    given = resolve("fedagg", {"fedagg": {"fidelity": True, "beta": 2.0}})
+    assert (given.fedagg.fidelity, given.fedagg.beta) == (True, 2.0)
+    own = tmp_path / "mine.yaml"  # a user's file: its beta wins over fidelity's
+    own.write_text("method: fedagg\nfedagg: {fidelity: true, beta: 3.0}\n")
+    assert resolve(own).fedagg.beta == 3.0
+    # fidelity in a file, beta from the profile's defaults: the paper's
+    own.write_text("method: fedagg\nfedagg: {fidelity: true}\n")
+    assert resolve(own, {"profile": "cpu"}).fedagg.beta == 10.0
 
 
 def test_devices_keep_their_own_models_of_mixed_sizes(tmp_path: Path) -> None:

@@ -109,8 +109,8 @@ def test_devices_use_the_strategys_knobs_while_the_run_config_says_otherwise(
     reports = start(strategy, app, run_config={"config-json": to_json(config)})
     assert reports[0].failures == 0
     assert sorted(s for s in seen if s[0] == "device") == [("device", 5.0, 0.5, 3.0, 0.25)] * 4
-    # server passes: 4 edge-from-device, 2 edge-from-cloud, 2 cloud-from-edge, beta 10
-    assert sorted(s for s in seen if s[0] == "server") == [("server", 5.0, 10.0, 3.0, 0)] * 8
+    # server passes: 4 edge-from-device, 2 edge-from-cloud, 2 cloud-from-edge, beta 1 (default)
+    assert sorted(s for s in seen if s[0] == "server") == [("server", 5.0, 1.0, 3.0, 0)] * 8
 
 
 def test_start_refuses_configs_that_override_the_constructor() -> None:

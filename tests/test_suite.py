@@ -189,9 +189,15 @@ def test_the_shipped_suites_resolve_for_every_entry_and_seed() -> None:
     for seed in (0, 1, 2):
         assert fedagg["fedagg", seed].folder == cpu["fedagg", seed].folder
         assert fedagg["fedagg", seed].config == cpu["fedagg", seed].config
-    assert fedagg["fedagg-beta1", 0].config["fedagg"]["beta"] == 1.0
-    assert cpu["fedagg", 0].config["fedagg"]["beta"] == 10.0
+    for entry in ("fedagg-beta10", "fedeec-beta10", "fedeec-dynamic-beta10", "fedagg-fidelity"):
+        assert fedagg[entry, 0].config["fedagg"]["beta"] == 10.0
+    assert cpu["fedagg", 0].config["fedagg"]["beta"] == cpu["fedeec", 0].config["fedagg"]["beta"]
+    assert cpu["fedagg", 0].config["fedagg"]["beta"] == 1.0
     assert fedagg["fedagg-fidelity", 1].config["fedagg"]["fidelity"] is True
+    # the dynamic entries differ from the cpu suite's in beta only
+    differs = decisions.config_differences(cpu["fedeec-dynamic", 1].config,
+                                           fedagg["fedeec-dynamic-beta10", 1].config)
+    assert differs == ["fedagg.beta: 1.0 -> 10.0"]
 
 
 # --- the runner, with a fake launcher ------------------------------------------------------------
@@ -332,6 +338,9 @@ def test_decisions_on_what_a_folder_holds() -> None:
     assert decide({**four, "completed_rounds": 5}).action == "stale"
     other = {**four, "config": {**config, "seed": 7, "out": "/elsewhere"}}
     assert decide(other) == Decision("stale", "its config differs: seed: 7 -> 0")
+    # another method's knobs (every config holds every section) are not this run's
+    fedagg = {**config["fedagg"], "beta": 10.0 - config["fedagg"]["beta"]}
+    assert decide({**four, "config": {**config, "fedagg": fedagg}}).action == "skip"
     assert decisions.checkpoint_round(7, 3, 20) == 6
     assert decisions.checkpoint_round(7, 3, 7) == 7  # the last round always has one
     assert decisions.checkpoint_round(7, 0, 20) == 0

@@ -21,7 +21,8 @@ class Distillation:
 
     Attributes:
         T: Temperature (paper: 3).
-        beta: Weight of the KD term (paper: 10 for edges and cloud; the official code's devices: 1).
+        beta: Weight of the KD term (paper: 10 for edges and cloud; the official code's devices: 1;
+            our default for every tier: 1).
         lr: SGD learning rate; a fresh optimiser serves every pass, as in the official code.
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
@@ -36,7 +37,7 @@ class Distillation:
     """
 
     T: float = 3.0
-    beta: float = 10.0
+    beta: float = 1.0
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0

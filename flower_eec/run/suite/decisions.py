@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from flower_eec.run.config import unread_sections
 from flower_eec.run.results import LOCK, live_holder
 from flower_eec.run.suite.spec import PlannedRun, flatten
 
@@ -37,12 +38,17 @@ class Decision:
 
 def config_differences(saved: Mapping[str, Any], planned: Mapping[str, Any],
                        ignore: Sequence[str] = UNCOMPARED) -> list[str]:
-    """The dotted keys present in both configs whose values differ (``ignore`` aside), each as
-    ``key: saved -> planned``. Keys only one of them has are not compared: a key added to the
-    schema later does not make older runs stale."""
+    """The dotted keys present in both configs whose values differ (``ignore``'s keys and
+    sections aside), each as ``key: saved -> planned``. Keys only one of them has are not
+    compared: a key added to the schema later does not make older runs stale."""
     left, right = flatten(saved), flatten(planned)
     return [f"{key}: {left[key]!r} -> {right[key]!r}" for key in sorted(set(left) & set(right))
-            if key not in ignore and left[key] != right[key]]
+            if not _ignored(key, ignore) and left[key] != right[key]]
+
+
+def _ignored(key: str, ignore: Sequence[str]) -> bool:
+    """Whether dotted ``key`` is one of ``ignore`` or lies in a section named there."""
+    return any(key == name or key.startswith(f"{name}.") for name in ignore)
 
 
 def checkpoint_round(completed: int, every: int, planned: int) -> int:
@@ -62,7 +68,9 @@ def decide(results: Mapping[str, Any] | None, planned: PlannedRun, *,
     if results is None:
         return Decision("start", "no results yet")
     config = results.get("config") or {}
-    differs = config_differences(config, planned.config)
+    # another method's knobs (every config holds them all) do not change this run's numbers
+    differs = config_differences(config, planned.config,
+                                 (*UNCOMPARED, *unread_sections(planned.config["method"])))
     if differs:
         more = f" and {len(differs) - 3} more" if len(differs) > 3 else ""
         return Decision("stale", f"its config differs: {'; '.join(differs[:3])}{more}")
