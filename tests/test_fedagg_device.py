@@ -113,6 +113,12 @@ def test_devices_use_the_strategys_knobs_while_the_run_config_says_otherwise(
     assert sorted(s for s in seen if s[0] == "server") == [("server", 5.0, 1.0, 3.0, 0)] * 8
 
 
+def test_fidelity_takes_the_papers_beta_unless_one_is_given() -> None:
+    assert my_strategy().settings.beta == 1.0
+    assert my_strategy(fidelity=True).settings.beta == 10.0
+    assert my_strategy(fidelity=True, beta=2.0).settings.beta == 2.0
+
+
 def test_start_refuses_configs_that_override_the_constructor() -> None:
     strategy = my_strategy(T=5.0)
     with pytest.raises(ValueError, match=r"train_config sets \['T'\].*FedAgg\(\.\.\.\)"):

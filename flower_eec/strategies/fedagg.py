@@ -313,9 +313,11 @@ class FedAgg(Hierarchical):
         The per-channel normalisation of the devices' data: bridge samples are normalised like
         their real images. Each device reports its own with its codes; a device whose values
         differ is refused (it fails, with both values in the reason).
-    T, beta : float (default: 3.0, 1.0)
-        Temperature (every pass) and KD weight of the non-leaf loss (paper: 3, 10; beta 1 is
-        ours: at 10 the cloud learned less and fell more often, README "Why FedAgg diverged").
+    T : float (default: 3.0)
+        Temperature of every pass (paper: 3).
+    beta : float (default: 1.0; the paper's 10.0 under ``fidelity``)
+        KD weight of the non-leaf loss. 1 is ours: at 10 the cloud learned less and fell more
+        often (README "Why FedAgg diverged").
     beta_leaf, gamma : float (default: 1.0, 1.0)
         The devices' leaf loss ``CE(bridge) + beta_leaf * KD + gamma * CE(real images)``
         (beta_leaf 1: the official code's devices).
@@ -339,7 +341,8 @@ class FedAgg(Hierarchical):
         before the exchange, so each side learns from the other's state at the start of it.
     fidelity : bool (default: False)
         The demo's BatchNorm in training mode for logits and testing, unshuffled passes,
-        [0, 1] bridge samples, augmentation drawn once (devices too), ``edge_cloud="echo"``.
+        [0, 1] bridge samples, augmentation drawn once (devices too), ``edge_cloud="echo"``
+        and ``beta=10`` unless given.
     fp16 : bool (default: False)
         Codes and logits travel as float16 (half the bytes).
     skr : str (default: "off")
@@ -378,7 +381,7 @@ class FedAgg(Hierarchical):
                  edge_model: nn.Module | Callable[[int], nn.Module], bridge: BridgeAutoencoder,
                  mean: Sequence[float], std: Sequence[float], *, num_classes: int,
                  T: float = 3.0,
-                 beta: float = 1.0, beta_leaf: float = 1.0, gamma: float = 1.0,
+                 beta: float | None = None, beta_leaf: float = 1.0, gamma: float = 1.0,
                  lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
                  batch_size: int = 8, clip: float = 0.0, augment: bool = True, cutout: int = 0,
                  schedule: str = "parallel", edge_cloud: str | None = None,
@@ -396,6 +399,7 @@ class FedAgg(Hierarchical):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         edge_cloud = edge_cloud or ("echo" if fidelity else "simultaneous")
+        beta = beta if beta is not None else (10.0 if fidelity else 1.0)
         if edge_cloud not in EDGE_CLOUD:
             raise ValueError(f"edge_cloud must be one of {EDGE_CLOUD}, got {edge_cloud!r}")
         self.edge_cloud = edge_cloud
